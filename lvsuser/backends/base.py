@@ -1,0 +1,94 @@
+"""The one model every backend implements: the operations of IPVS's generic netlink family.
+
+Theory of operation
+-------------------
+ipvsadm talks to the kernel through libipvs: a handful of commands (GET_INFO, NEW/SET/DEL_SERVICE,
+NEW/SET/DEL_DEST, FLUSH, ZERO, SET/GET_CONFIG, NEW/DEL/GET_DAEMON) and the kernel's answers:
+either data or an errno.  ipvsadm then turns (command, errno) into its own message.  We keep that
+exact split: a backend applies operations and raises ``IPVSError(errno)`` with the errno the kernel
+would return; the CLI, which knows ipvsadm's message table, formats everything.  That way the
+user-space backend and the kernel backend are interchangeable under the same CLI, and their
+errors are compared errno for errno.
+
+Every method is atomic: a refused operation leaves the table exactly as it was.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Optional
+
+from lvsuser.model import Dest, Service, ServiceKey, SyncDaemon, Timeouts
+
+
+class Backend(abc.ABC):
+    """What `lvsuser run` drives; one instance per director."""
+
+    name = "abstract"
+
+    # --- info ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def get_info(self) -> dict:
+        """{'version': (1, 2, 1), 'conn_tab_size': 4096}"""
+
+    # --- services -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def add_service(self, svc: Service) -> None: ...
+
+    @abc.abstractmethod
+    def edit_service(self, svc: Service) -> None: ...
+
+    @abc.abstractmethod
+    def del_service(self, key: ServiceKey) -> None: ...
+
+    @abc.abstractmethod
+    def get_services(self) -> list[Service]:
+        """All services in the kernel's listing order, each with its dests and current counters."""
+
+    def get_service(self, key: ServiceKey) -> Optional[Service]:
+        for svc in self.get_services():
+            if svc.key == key:
+                return svc
+        return None
+
+    @abc.abstractmethod
+    def flush(self) -> None: ...
+
+    @abc.abstractmethod
+    def zero(self, key: Optional[ServiceKey] = None) -> None: ...
+
+    # --- dests --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def add_dest(self, key: ServiceKey, dest: Dest) -> None: ...
+
+    @abc.abstractmethod
+    def edit_dest(self, key: ServiceKey, dest: Dest) -> None: ...
+
+    @abc.abstractmethod
+    def del_dest(self, key: ServiceKey, dest: Dest) -> None: ...
+
+    # --- config -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def get_timeouts(self) -> Timeouts: ...
+
+    @abc.abstractmethod
+    def set_timeouts(self, timeouts: Timeouts) -> None:
+        """Zero fields mean "leave unchanged", as in the kernel."""
+
+    # --- connections ----------------------------------------------------------------------
+    @abc.abstractmethod
+    def get_connections(self) -> list[dict]:
+        """Rows as /proc/net/ip_vs_conn has them: protocol, caddr, cport, vaddr, vport, daddr,
+        dport, state (name), expires (seconds left), pe_name, pe_data."""
+
+    # --- sync daemon ----------------------------------------------------------------------
+    def start_daemon(self, daemon: SyncDaemon) -> None:
+        raise NotImplementedError
+
+    def stop_daemon(self, state: str) -> None:
+        raise NotImplementedError
+
+    def get_daemons(self) -> list[SyncDaemon]:
+        return []
+
+    def close(self) -> None:
+        pass

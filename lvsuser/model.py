@@ -226,3 +226,21 @@ def parse_ip(text: str) -> IPAddress:
 
 def af_of(addr: IPAddress) -> int:
     return AF_INET6 if addr.version == 6 else AF_INET
+
+
+@dataclasses.dataclass(frozen=True)
+class MarkRule:
+    """Which packets carry firewall mark N for fwmark services (`ipvsadm -A -f N`).
+
+    Kernel IPVS reads marks set by iptables/nftables; a user-space director cannot see them, so
+    users state the match here instead (`lvsuser mark`, or a `-M` line in the rules file).  A packet
+    matches when every given field matches: protocol (0 = any), destination network, destination
+    port range (0-65535 = any), source network (None = any).  Rules are tried in insertion order.
+    """
+
+    mark: int
+    dst_net: ipaddress.IPv4Network | ipaddress.IPv6Network
+    protocol: int = 0
+    dport_lo: int = 0
+    dport_hi: int = 65535
+    src_net: Optional[ipaddress.IPv4Network | ipaddress.IPv6Network] = None

@@ -17,7 +17,11 @@ from __future__ import annotations
 import abc
 from typing import Optional
 
-from lvsuser.model import Dest, Service, ServiceKey, SyncDaemon, Timeouts
+from lvsuser.model import Dest, MarkRule, Service, ServiceKey, SyncDaemon, Timeouts
+
+
+class BackendUnavailable(Exception):
+    """The backend cannot run on this host; str(exc) is one sentence for the user."""
 
 
 class Backend(abc.ABC):
@@ -79,6 +83,16 @@ class Backend(abc.ABC):
     def get_connections(self) -> list[dict]:
         """Rows as /proc/net/ip_vs_conn has them: protocol, caddr, cport, vaddr, vport, daddr,
         dport, state (name), expires (seconds left), pe_name, pe_data."""
+
+    # --- firewall-mark rules (user space only: the kernel reads marks from netfilter) ------
+    def add_mark_rule(self, rule: MarkRule) -> None:
+        raise NotImplementedError
+
+    def del_mark_rule(self, rule: MarkRule) -> None:
+        raise NotImplementedError
+
+    def get_mark_rules(self) -> list[MarkRule]:
+        return []
 
     # --- sync daemon ----------------------------------------------------------------------
     def start_daemon(self, daemon: SyncDaemon) -> None:

@@ -1,0 +1,176 @@
+"""The nftables guard: keeps the director's own kernel out of VIP traffic.
+
+Theory of operation
+-------------------
+An AF_PACKET socket receives a *copy* of every frame; the original still climbs the director's
+stack.  Left alone, the kernel would answer a VIP it does not own with ICMP, a VIP it does own
+(the guide puts it on ``eth0:0``) with a RST, and with ``ip_forward=1`` forward the real servers'
+NAT replies un-rewritten.  Packet taps run in ``__netif_receive_skb_core`` before the ingress
+hooks, so a ``netdev`` table whose ingress chains drop exactly that traffic leaves the ring's copy
+untouched and keeps the kernel out.
+
+We drop, per served interface:
+  * frames to a virtual service (VIP + protocol + port, or the packets a fwmark rule selects);
+  * ICMP errors addressed to a VIP (the core relates them to a connection);
+  * NAT replies: frames from a masquerading real server's address and port, and ICMP errors it
+    sends (the core rewrites and forwards them).
+Everything else (ARP, pings to the director, its own sessions) passes.
+
+The table is named per director (``lvsuser_<pid>``) so several directors in one namespace, or a
+crashed one's leftovers, never collide; ``sweep_stale()`` removes tables of directors that are
+gone.  The ruleset is replaced in one nft transaction so there is no window without a guard.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import re
+import subprocess
+from typing import Iterable, Optional
+
+from lvsuser import model
+
+log = logging.getLogger(__name__)
+
+TABLE_PREFIX = "lvsuser_"
+_PROTO_NAME = {model.IPPROTO_TCP: "tcp", model.IPPROTO_UDP: "udp", model.IPPROTO_SCTP: "sctp"}
+_ICMP4_ERRORS = "icmp type { destination-unreachable, source-quench, time-exceeded, parameter-problem }"
+_ICMP6_ERRORS = "icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem }"
+_IFNAME_OK = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
+
+
+class GuardError(RuntimeError):
+    pass
+
+
+def _run_nft(script: str) -> None:
+    try:
+        proc = subprocess.run(["nft", "-f", "-"], input=script, text=True, capture_output=True,
+                              timeout=10)
+    except FileNotFoundError as exc:
+        raise GuardError("the nft command (package nftables) is not installed") from exc
+    if proc.returncode != 0:
+        raise GuardError(f"nft refused the guard ruleset: {proc.stderr.strip()}")
+
+
+def _family_words(addr) -> tuple[str, str]:
+    return ("ip6", _ICMP6_ERRORS) if addr.version == 6 else ("ip", _ICMP4_ERRORS)
+
+
+def service_rules(services: Iterable[model.Service], mark_rules: Iterable[model.MarkRule]) -> list[str]:
+    """The drop rules for a set of services; pure, so tests can read them."""
+    rules: list[str] = []
+    seen: set[str] = set()
+    marks = {}
+    for rule in mark_rules:
+        marks.setdefault(rule.mark, []).append(rule)
+
+    def add(rule: str) -> None:
+        if rule not in seen:
+            seen.add(rule)
+            rules.append(rule)
+
+    vips = set()
+    for svc in services:
+        if svc.fwmark:
+            for mrule in marks.get(svc.fwmark, []):
+                fam = "ip6" if mrule.dst_net.version == 6 else "ip"
+                if (fam == "ip6") != (svc.af == model.AF_INET6):
+                    continue
+                parts = [f"{fam} daddr {mrule.dst_net}"]
+                if mrule.src_net is not None:
+                    parts.append(f"{fam} saddr {mrule.src_net}")
+                proto = _PROTO_NAME.get(mrule.protocol)
+                if proto:
+                    if (mrule.dport_lo, mrule.dport_hi) != (0, 65535):
+                        parts.append(f"{proto} dport {mrule.dport_lo}-{mrule.dport_hi}")
+                    else:
+                        parts.append(f"meta l4proto {proto}")
+                add(" ".join(parts) + " drop")
+        else:
+            fam, _ = _family_words(svc.addr)
+            proto = _PROTO_NAME.get(svc.protocol)
+            if proto is None:
+                continue
+            vips.add(svc.addr)
+            if svc.port:
+                add(f"{fam} daddr {svc.addr} {proto} dport {svc.port} drop")
+            else:
+                add(f"{fam} daddr {svc.addr} meta l4proto {proto} drop")
+        for dest in svc.dests:
+            if dest.fwd != model.Forward.MASQ:
+                continue
+            fam, errors = _family_words(dest.addr)
+            protos = [_PROTO_NAME[svc.protocol]] if svc.protocol in _PROTO_NAME else ["tcp", "udp"]
+            for proto in protos:
+                if dest.port:
+                    add(f"{fam} saddr {dest.addr} {proto} sport {dest.port} drop")
+                else:
+                    add(f"{fam} saddr {dest.addr} meta l4proto {proto} drop")
+            add(f"{fam} saddr {dest.addr} {errors} drop")
+    for vip in sorted(vips, key=lambda a: (a.version, a)):
+        fam, errors = _family_words(vip)
+        add(f"{fam} daddr {vip} {errors} drop")
+    return rules
+
+
+class Guard:
+    """One netdev table for this director; ``apply`` replaces its rules atomically."""
+
+    def __init__(self, table: Optional[str] = None):
+        self.table = table or f"{TABLE_PREFIX}{os.getpid()}"
+        self.installed = False
+
+    def script(self, ifnames: Iterable[str], rules: list[str]) -> str:
+        lines = [f"table netdev {self.table} {{}}", f"delete table netdev {self.table}",
+                 f"table netdev {self.table} {{"]
+        for n, ifname in enumerate(sorted(set(ifnames))):
+            if not _IFNAME_OK.match(ifname):
+                raise GuardError(f"interface name {ifname!r} cannot be used in an nft rule")
+            lines.append(f"  chain in{n} {{")
+            lines.append(f'    type filter hook ingress device "{ifname}" priority -500; policy accept;')
+            lines.extend(f"    {rule}" for rule in rules)
+            lines.append("  }")
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    def apply(self, ifnames: Iterable[str], rules: list[str]) -> None:
+        _run_nft(self.script(ifnames, rules))
+        self.installed = True
+
+    def remove(self) -> None:
+        if not self.installed:
+            return
+        try:
+            _run_nft(f"table netdev {self.table} {{}}\ndelete table netdev {self.table}\n")
+        except GuardError as exc:
+            log.warning("could not remove nft table %s: %s", self.table, exc)
+        self.installed = False
+
+
+def sweep_stale() -> list[str]:
+    """Delete guard tables left by directors whose process is gone (killed with SIGKILL)."""
+    try:
+        proc = subprocess.run(["nft", "list", "tables", "netdev"], text=True, capture_output=True,
+                              timeout=10)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return []
+    removed = []
+    for line in proc.stdout.splitlines():
+        match = re.match(rf"table netdev ({TABLE_PREFIX}(\d+))$", line.strip())
+        if not match:
+            continue
+        pid = int(match.group(2))
+        if pid == os.getpid() or os.path.exists(f"/proc/{pid}"):
+            continue
+        try:
+            _run_nft(f"delete table netdev {match.group(1)}\n")
+            removed.append(match.group(1))
+        except GuardError:
+            pass
+    return removed
+
+
+def is_ipv6(addr) -> bool:
+    return ipaddress.ip_address(addr).version == 6

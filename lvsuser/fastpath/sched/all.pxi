@@ -1,0 +1,52 @@
+# The C schedulers of the datapath, one .pxi per kernel scheduler, and their registry.
+#
+# Included by lvsuser/_fastpath.pyx.  Each scheduler file defines one `lvs_scheduler`
+# (fastpath/types.pxd) whose hooks follow net/netfilter/ipvs/ip_vs_<name>.c.
+#
+# Life of a service's scheduler state (svc.sched_data):
+#   init_service(svc)    once, with the service's first dests array (may be empty)
+#   update_service(svc)  after control replaced svc.dests/num_dests (any add/edit/del of a
+#                        dest); sched_data must be kept across the swap -- schedulers that
+#                        remember dests re-find them by (af, addr, port)
+#   schedule(svc, pkt)   per new connection, no GIL: dest index or -1
+#   done_service(svc)    frees sched_data and sets it to NULL
+# init/update return 0, or -1 when out of memory (the old state then stays usable).
+
+from lvsuser.fastpath.types cimport *
+
+include "common.pxi"
+include "rr.pxi"
+
+# Built-in schedulers, in the order `lvs_sched_names` reports them.
+cdef const lvs_scheduler *lvs_builtin_schedulers[1]
+lvs_builtin_schedulers[0] = &lvs_sched_rr
+cdef int lvs_num_builtin_schedulers = 1
+
+
+cdef const lvs_scheduler *lvs_find_scheduler(const char *name) noexcept nogil:
+    """The built-in scheduler called `name`, or NULL."""
+    cdef int i
+    cdef const char *candidate
+    cdef size_t k
+    for i in range(lvs_num_builtin_schedulers):
+        candidate = lvs_builtin_schedulers[i].name
+        k = 0
+        while candidate[k] != 0 and candidate[k] == name[k]:
+            k += 1
+        if candidate[k] == 0 and name[k] == 0:
+            return lvs_builtin_schedulers[i]
+    return NULL
+
+
+cdef int lvs_sched_names(const char **out, int capacity) noexcept nogil:
+    """Fill `out` with up to `capacity` scheduler names; returns how many schedulers exist."""
+    cdef int i
+    for i in range(lvs_num_builtin_schedulers):
+        if i < capacity:
+            out[i] = lvs_builtin_schedulers[i].name
+    return lvs_num_builtin_schedulers
+
+
+def c_scheduler_names():
+    """Names of the schedulers the compiled datapath implements."""
+    return [lvs_builtin_schedulers[i].name.decode() for i in range(lvs_num_builtin_schedulers)]

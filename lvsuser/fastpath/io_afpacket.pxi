@@ -1,0 +1,452 @@
+# AF_PACKET driver: TPACKET_V3 mmap RX ring + TPACKET_V2 mmap TX ring per interface.
+#
+# Theory of operation
+# -------------------
+# Per served interface there are two sockets:
+#   * RX: ETH_P_ALL, bound to the interface, TPACKET_V3 ring of large blocks (the kernel fills a
+#     block with many frames and hands it over whole: one poll wake-up per block, not per frame);
+#     PACKET_IGNORE_OUTGOING so we never see our own transmissions nor the director's own traffic.
+#     A super-frame from a TSO sender on veth is up to 64 KiB, so blocks are bigger than that.
+#   * TX: protocol 0 (it receives nothing), TPACKET_V2 ring, PACKET_QDISC_BYPASS (no qdisc: the
+#     frame goes straight to the driver's xmit).  We fill slots and kick with one send() per batch.
+# The kernel retires a partly filled RX block after a short timeout (retire_blk_tov), which bounds
+# the latency a lone packet sees.
+#
+# The nftables guard (lvsuser/director/guard.py) drops VIP traffic in netdev ingress; the RX tap
+# runs before that hook, so the ring still sees what the kernel no longer does.
+
+from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
+
+
+cdef extern from "<sys/socket.h>" nogil:
+    struct sockaddr:
+        unsigned short sa_family
+    int socket(int domain, int type, int protocol)
+    int setsockopt(int sockfd, int level, int optname, const void *optval, unsigned int optlen)
+    int bind(int sockfd, const sockaddr *addr, unsigned int addrlen)
+    ssize_t send(int sockfd, const void *buf, size_t len, int flags)
+    enum:
+        AF_PACKET
+        SOCK_RAW
+        SOL_PACKET
+        SOCK_CLOEXEC
+        MSG_DONTWAIT
+
+
+cdef extern from "<linux/if_ether.h>" nogil:
+    enum:
+        ETH_P_ALL
+
+
+cdef extern from "<linux/if_packet.h>" nogil:
+    struct sockaddr_ll:
+        unsigned short sll_family
+        unsigned short sll_protocol
+        int sll_ifindex
+        unsigned short sll_hatype
+        unsigned char sll_pkttype
+        unsigned char sll_halen
+        unsigned char sll_addr[8]
+    struct tpacket_req:
+        unsigned int tp_block_size
+        unsigned int tp_block_nr
+        unsigned int tp_frame_size
+        unsigned int tp_frame_nr
+    struct tpacket_req3:
+        unsigned int tp_block_size
+        unsigned int tp_block_nr
+        unsigned int tp_frame_size
+        unsigned int tp_frame_nr
+        unsigned int tp_retire_blk_tov
+        unsigned int tp_sizeof_priv
+        unsigned int tp_feature_req_word
+    struct tpacket_hdr_v1:
+        uint32_t block_status
+        uint32_t num_pkts
+        uint32_t offset_to_first_pkt
+    union tpacket_bd_header_u:
+        tpacket_hdr_v1 bh1
+    struct tpacket_block_desc:
+        uint32_t version
+        uint32_t offset_to_priv
+        tpacket_bd_header_u hdr
+    struct tpacket3_hdr:
+        uint32_t tp_next_offset
+        uint32_t tp_sec
+        uint32_t tp_nsec
+        uint32_t tp_snaplen
+        uint32_t tp_len
+        uint32_t tp_status
+        uint16_t tp_mac
+        uint16_t tp_net
+    struct tpacket2_hdr:
+        uint32_t tp_status
+        uint32_t tp_len
+        uint32_t tp_snaplen
+        uint16_t tp_mac
+        uint16_t tp_net
+    enum:
+        PACKET_RX_RING
+        PACKET_TX_RING
+        PACKET_VERSION
+        PACKET_QDISC_BYPASS
+        PACKET_IGNORE_OUTGOING
+        TPACKET_V2
+        TPACKET_V3
+        TP_STATUS_KERNEL
+        TP_STATUS_USER
+        TP_STATUS_LOSING
+        TP_STATUS_CSUMNOTREADY
+        TP_STATUS_VLAN_VALID
+        TP_STATUS_AVAILABLE
+        TP_STATUS_SEND_REQUEST
+        TP_STATUS_SENDING
+        TP_STATUS_WRONG_FORMAT
+    int TPACKET_ALIGN(int)
+
+
+cdef enum:
+    RX_BLOCK_SIZE = 1 << 18     # 256 KiB: several 64 KiB super-frames per block
+    RX_BLOCK_NR = 32            # 8 MiB of RX ring per interface
+    RX_FRAME_SIZE = 2048        # only used by the kernel for accounting in V3
+    RX_RETIRE_TOV_MS = 1        # hand a partly filled block over after 1 ms
+    TX_FRAME_NR = 512
+
+
+# One interface: its two sockets and their rings.
+cdef struct afp_port:
+    int32_t ifindex
+    uint32_t mtu
+    int rx_fd
+    int tx_fd
+    uint8_t *rx_ring
+    size_t rx_ring_size
+    uint32_t rx_next_block
+    uint8_t *rx_cursor          # next frame in the block being consumed, NULL between blocks
+    uint32_t rx_left            # frames left in that block
+    uint8_t *tx_ring
+    size_t tx_ring_size
+    uint32_t tx_frame_size
+    uint32_t tx_next
+    uint32_t tx_pending         # frames queued since the last kick
+
+
+cdef int afp_open_port(afp_port *p) noexcept nogil:
+    """Open and map both rings of one interface; returns 0 or an errno."""
+    cdef int version, one = 1
+    cdef tpacket_req3 req3
+    cdef tpacket_req req
+    cdef sockaddr_ll sll
+    cdef void *ring
+    p.rx_fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_P_ALL))
+    if p.rx_fd < 0:
+        return errno
+    version = TPACKET_V3
+    if setsockopt(p.rx_fd, SOL_PACKET, PACKET_VERSION, &version, sizeof(version)) < 0:
+        return errno
+    if setsockopt(p.rx_fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof(one)) < 0:
+        return errno
+    memset(&req3, 0, sizeof(req3))
+    req3.tp_block_size = RX_BLOCK_SIZE
+    req3.tp_block_nr = RX_BLOCK_NR
+    req3.tp_frame_size = RX_FRAME_SIZE
+    req3.tp_frame_nr = (RX_BLOCK_SIZE / RX_FRAME_SIZE) * RX_BLOCK_NR
+    req3.tp_retire_blk_tov = RX_RETIRE_TOV_MS
+    if setsockopt(p.rx_fd, SOL_PACKET, PACKET_RX_RING, &req3, sizeof(req3)) < 0:
+        return errno
+    p.rx_ring_size = <size_t>RX_BLOCK_SIZE * RX_BLOCK_NR
+    ring = mmap(NULL, p.rx_ring_size, PROT_READ | PROT_WRITE, MAP_SHARED, p.rx_fd, 0)
+    if ring == MAP_FAILED:
+        return errno
+    p.rx_ring = <uint8_t *>ring
+    p.rx_next_block = 0
+    p.rx_cursor = NULL
+    p.rx_left = 0
+    memset(&sll, 0, sizeof(sll))
+    sll.sll_family = AF_PACKET
+    sll.sll_protocol = htons(ETH_P_ALL)
+    sll.sll_ifindex = p.ifindex
+    if bind(p.rx_fd, <sockaddr *>&sll, sizeof(sll)) < 0:
+        return errno
+
+    p.tx_fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0)
+    if p.tx_fd < 0:
+        return errno
+    version = TPACKET_V2
+    if setsockopt(p.tx_fd, SOL_PACKET, PACKET_VERSION, &version, sizeof(version)) < 0:
+        return errno
+    if setsockopt(p.tx_fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof(one)) < 0:
+        return errno
+    # a slot holds the TPACKET2 header, then an MTU frame plus an encapsulation header
+    p.tx_frame_size = 2048
+    while p.tx_frame_size < <uint32_t>TPACKET_ALIGN(sizeof(tpacket2_hdr)) + p.mtu + ETH_HLEN_ + 64:
+        p.tx_frame_size <<= 1
+    memset(&req, 0, sizeof(req))
+    req.tp_frame_size = p.tx_frame_size
+    req.tp_block_size = p.tx_frame_size * 16 if p.tx_frame_size * 16 >= 65536 else 65536
+    req.tp_frame_nr = TX_FRAME_NR
+    req.tp_block_nr = TX_FRAME_NR / (req.tp_block_size / p.tx_frame_size)
+    if req.tp_block_nr == 0:
+        req.tp_block_nr = 1
+    req.tp_frame_nr = req.tp_block_nr * (req.tp_block_size / p.tx_frame_size)
+    if setsockopt(p.tx_fd, SOL_PACKET, PACKET_TX_RING, &req, sizeof(req)) < 0:
+        return errno
+    p.tx_ring_size = <size_t>req.tp_block_size * req.tp_block_nr
+    ring = mmap(NULL, p.tx_ring_size, PROT_READ | PROT_WRITE, MAP_SHARED, p.tx_fd, 0)
+    if ring == MAP_FAILED:
+        return errno
+    p.tx_ring = <uint8_t *>ring
+    p.tx_next = 0
+    p.tx_pending = 0
+    memset(&sll, 0, sizeof(sll))
+    sll.sll_family = AF_PACKET
+    sll.sll_protocol = 0
+    sll.sll_ifindex = p.ifindex
+    if bind(p.tx_fd, <sockaddr *>&sll, sizeof(sll)) < 0:
+        return errno
+    return 0
+
+
+cdef void afp_close_port(afp_port *p) noexcept nogil:
+    if p.rx_ring != NULL:
+        munmap(p.rx_ring, p.rx_ring_size)
+        p.rx_ring = NULL
+    if p.tx_ring != NULL:
+        munmap(p.tx_ring, p.tx_ring_size)
+        p.tx_ring = NULL
+    if p.rx_fd >= 0:
+        close(p.rx_fd)
+        p.rx_fd = -1
+    if p.tx_fd >= 0:
+        close(p.tx_fd)
+        p.tx_fd = -1
+
+
+cdef inline uint32_t afp_tx_slots(afp_port *p) noexcept nogil:
+    return <uint32_t>(p.tx_ring_size / p.tx_frame_size)
+
+
+cdef void afp_kick(afp_port *p, lvs_io_counters *ctr) noexcept nogil:
+    if p.tx_pending == 0:
+        return
+    if send(p.tx_fd, NULL, 0, MSG_DONTWAIT) < 0 and errno != EAGAIN and errno != ENOBUFS:
+        ctr.tx_errors += 1
+    p.tx_pending = 0
+
+
+# Queue one frame on a port's TX ring; kicks once and retries when the ring is full.
+cdef void afp_queue(afp_port *p, const uint8_t *data, uint32_t len, lvs_io_counters *ctr) noexcept nogil:
+    cdef tpacket2_hdr *hdr
+    cdef uint32_t data_off = TPACKET_ALIGN(sizeof(tpacket2_hdr))
+    if len + data_off > p.tx_frame_size:
+        ctr.drop_tx_too_big += 1
+        return
+    hdr = <tpacket2_hdr *>(p.tx_ring + <size_t>p.tx_next * p.tx_frame_size)
+    if hdr.tp_status != TP_STATUS_AVAILABLE:
+        if hdr.tp_status == TP_STATUS_WRONG_FORMAT:
+            ctr.tx_errors += 1
+        else:
+            p.tx_pending += 1   # force a kick: the slot may be waiting for one
+            afp_kick(p, ctr)
+            if hdr.tp_status != TP_STATUS_AVAILABLE:
+                ctr.drop_tx_full += 1
+                return
+    # the kernel reads the frame at tp_hdrlen - sizeof(sockaddr_ll) (no PACKET_TX_HAS_OFF)
+    memcpy(<uint8_t *>hdr + data_off, data, len)
+    hdr.tp_len = len
+    hdr.tp_status = TP_STATUS_SEND_REQUEST
+    p.tx_next = (p.tx_next + 1) % afp_tx_slots(p)
+    p.tx_pending += 1
+    ctr.tx_frames += 1
+    ctr.tx_bytes += len
+
+
+cdef class AfPacketDriver:
+    """Serves a set of interfaces with AF_PACKET rings, feeding `core` in batches.
+
+    run() blocks (without the GIL for the C core) until stop() is called from another thread.
+    """
+    cdef afp_port ports[IO_MAX_IFS]
+    cdef int nports
+    cdef int stop_fd
+    cdef object core
+    cdef lvs_io_core ccore          # the C core's batch entry, when the core is one
+    cdef bint has_c
+    cdef _FrameArena arena
+    cdef lvs_io_counters ctr
+    cdef public bint running
+
+    def __cinit__(self):
+        self.nports = 0
+        self.stop_fd = -1
+        memset(&self.ctr, 0, sizeof(self.ctr))
+
+    def __init__(self, core, interfaces):
+        """interfaces: [(ifindex, mtu), ...]"""
+        cdef int i, err
+        cdef uint32_t max_mtu = 1500
+        if len(interfaces) == 0:
+            raise ValueError("no interfaces to serve")
+        if len(interfaces) > IO_MAX_IFS:
+            raise ValueError(f"at most {IO_MAX_IFS} interfaces per driver")
+        self.core = core
+        self.has_c = io_bind_core(core, &self.ccore)
+        self.stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        if self.stop_fd < 0:
+            raise OSError(errno, "eventfd failed")
+        for ifindex, mtu in interfaces:
+            i = self.nports
+            memset(&self.ports[i], 0, sizeof(afp_port))
+            self.ports[i].rx_fd = -1
+            self.ports[i].tx_fd = -1
+            self.ports[i].ifindex = int(ifindex)
+            self.ports[i].mtu = int(mtu)
+            self.nports += 1
+            if <uint32_t>int(mtu) > max_mtu:
+                max_mtu = int(mtu)
+            err = afp_open_port(&self.ports[i])
+            if err:
+                self.close()
+                raise OSError(err, f"AF_PACKET ring on ifindex {ifindex}: {os.strerror(err)}")
+        self.arena = _FrameArena(max_mtu + ETH_HLEN_)
+        self.running = False
+
+    def __dealloc__(self):
+        self._close_fds()
+
+    cdef void _close_fds(self) noexcept:
+        cdef int i
+        for i in range(self.nports):
+            afp_close_port(&self.ports[i])
+        self.nports = 0
+        if self.stop_fd >= 0:
+            close(self.stop_fd)
+            self.stop_fd = -1
+
+    def close(self):
+        if self.running:
+            raise RuntimeError("stop() the driver and wait for run() to return first")
+        self._close_fds()
+
+    def stop(self):
+        """Ask run() to return after its current batch; safe from any thread."""
+        cdef uint64_t one = 1
+        if self.stop_fd >= 0:
+            write(self.stop_fd, &one, sizeof(one))
+
+    def stats(self):
+        cdef dict counters = self.ctr
+        return counters
+
+    cdef afp_port *_port(self, int32_t ifindex) noexcept nogil:
+        cdef int i
+        for i in range(self.nports):
+            if self.ports[i].ifindex == ifindex:
+                return &self.ports[i]
+        return NULL
+
+    # Move frames from one RX ring into the arena until the arena is full or the ring has no
+    # finished block.  A block can hold thousands of small frames, more than one batch: the port
+    # keeps a cursor into its current block and gives the block back once it is consumed.
+    # Returns 1 if the ring may have more (the caller flushes and calls again).
+    cdef int _gather(self, afp_port *p) noexcept nogil:
+        cdef tpacket_block_desc *block
+        cdef tpacket3_hdr *pkt
+        cdef int used
+        while True:
+            block = <tpacket_block_desc *>(p.rx_ring + <size_t>p.rx_next_block * RX_BLOCK_SIZE)
+            if (block.hdr.bh1.block_status & TP_STATUS_USER) == 0:
+                return 0
+            if p.rx_cursor == NULL:
+                if block.hdr.bh1.block_status & TP_STATUS_LOSING:
+                    self.ctr.rx_losing += 1
+                p.rx_left = block.hdr.bh1.num_pkts
+                p.rx_cursor = <uint8_t *>block + block.hdr.bh1.offset_to_first_pkt
+            while p.rx_left > 0:
+                pkt = <tpacket3_hdr *>p.rx_cursor
+                if pkt.tp_snaplen < pkt.tp_len:
+                    self.ctr.drop_truncated += 1
+                elif pkt.tp_status & TP_STATUS_VLAN_VALID:
+                    pass    # a stripped 802.1Q tag: not ours to forward
+                else:
+                    used = io_ingest_ethernet(self.arena, <uint8_t *>pkt + pkt.tp_mac,
+                                              pkt.tp_snaplen, p.ifindex, p.mtu,
+                                              pkt.tp_status & TP_STATUS_CSUMNOTREADY, &self.ctr)
+                    if used < 0:
+                        return 1    # arena full: flush, then resume at this frame
+                self.ctr.rx_frames += 1
+                self.ctr.rx_bytes += pkt.tp_len
+                p.rx_left -= 1
+                p.rx_cursor = p.rx_cursor + pkt.tp_next_offset
+            block.hdr.bh1.block_status = TP_STATUS_KERNEL
+            p.rx_cursor = NULL
+            p.rx_next_block = (p.rx_next_block + 1) % RX_BLOCK_NR
+            if self.arena.count >= IO_BATCH:
+                return 1
+
+    cdef void _transmit(self) noexcept nogil:
+        cdef int i
+        cdef lvs_io_frame *f
+        cdef afp_port *p
+        for i in range(self.arena.count):
+            f = &self.arena.frames[i]
+            if f.out_ifindex <= 0 or f.len == 0:
+                continue
+            p = self._port(f.out_ifindex)
+            if p == NULL:
+                self.ctr.drop_tx_no_ring += 1
+                continue
+            afp_queue(p, f.data, f.len, &self.ctr)
+        for i in range(self.nports):
+            afp_kick(&self.ports[i], &self.ctr)
+        self.arena.count = 0
+
+    cdef int _flush(self) except -1:
+        """Run the core over the arena and transmit; called with the GIL held."""
+        if self.arena.count == 0:
+            return 0
+        self.ctr.batches += 1
+        if self.has_c:
+            with nogil:
+                self.ccore.batch(self.ccore.state, self.arena.frames, self.arena.count, io_now())
+                self._transmit()
+        else:
+            io_python_batch(self.core, self.arena, io_now())
+            with nogil:
+                self._transmit()
+        return 0
+
+    def run(self, int idle_timeout_ms=100):
+        """Forward until stop().  Each wake-up drains every ring in batches."""
+        cdef pollfd fds[IO_MAX_IFS + 1]
+        cdef int i, rc, more
+        cdef uint64_t junk
+        cdef int n = self.nports
+        for i in range(n):
+            fds[i].fd = self.ports[i].rx_fd
+            fds[i].events = POLLIN
+        fds[n].fd = self.stop_fd
+        fds[n].events = POLLIN
+        self.running = True
+        try:
+            while True:
+                with nogil:
+                    rc = poll(fds, n + 1, idle_timeout_ms)
+                if rc < 0 and errno != EINTR:
+                    raise OSError(errno, "poll failed")
+                if fds[n].revents & POLLIN:
+                    read(self.stop_fd, &junk, sizeof(junk))
+                    break
+                # Drain every ring, one batch at a time, until none has a finished block.
+                more = 1
+                while more:
+                    more = 0
+                    for i in range(n):
+                        if self._gather(&self.ports[i]):
+                            more = 1
+                            self._flush()
+                    self._flush()
+                # let the core expire connections and adopt new tables even when idle
+                io_core_tick(self.core, io_now())
+        finally:
+            self.running = False

@@ -7,7 +7,7 @@ Everything here acts on the network namespace the process runs in (on a lab host
 directly under /proc/sys. Nothing shells out.
 
 `apply()` keeps a journal: every change is recorded (with what was there before) in a state file
-*as it is made*, under /run/lvsuser/realserver/net-<netns inode>/ (one directory per network
+*as it is made*, under /run/lvsuser/realserver/net-cookie-<netns cookie>/ (one directory per network
 namespace, since /run is shared between namespaces). If a step fails, the steps already done are
 undone and the error is reported: nothing is left half-configured. `undo()` replays the journal
 backwards, so it restores exactly the addresses, routes and sysctl values that were there before,
@@ -38,6 +38,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -69,10 +70,26 @@ class Problem:
 
 # --------------------------------------------------------------------------- state location
 
+SO_NETNS_COOKIE = 71
+
+
+def namespace_id() -> str:
+    """An identity of the current network namespace that is never reused.
+
+    /run is shared between namespaces, so state is kept per namespace. The namespace inode is
+    not good enough: it is reused once a namespace is gone, and a stale state file would then be
+    taken for this namespace's. The netns cookie (SO_NETNS_COOKIE, Linux 5.14) is unique for the
+    life of the system; older kernels fall back to the inode."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+            cookie = struct.unpack("Q", probe.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
+        return f"net-cookie-{cookie}"
+    except OSError:
+        return f"net-inode-{os.stat('/proc/self/ns/net').st_ino}"
+
+
 def state_dir() -> str:
-    """Per-namespace state directory: /run is shared, the namespace inode is not."""
-    inode = os.stat("/proc/self/ns/net").st_ino
-    return os.path.join(STATE_ROOT, f"net-{inode}")
+    return os.path.join(STATE_ROOT, namespace_id())
 
 
 def state_path() -> str:

@@ -349,7 +349,14 @@ _signal_lock = threading.Lock()
 _saved_handlers: dict = {}
 
 
+_handler_owner_pid: int | None = None
+
+
 def _raise_interrupt(signum, frame):
+    # A forked child (pyroute2 forks helpers, and stops them with SIGTERM) inherits this handler;
+    # it must die as by default, not unwind the parent's stack and tear down its topology.
+    if os.getpid() != _handler_owner_pid:
+        os._exit(128 + signum)
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
@@ -366,12 +373,15 @@ class Topology:
         self.namespaces: list[str] = []
         self.processes: list[subprocess.Popen] = []
         self._closed = False
+        self._owner_pid = os.getpid()  # a forked copy of this object must never tear down
 
     # context management -------------------------------------------------
     def __enter__(self) -> "Topology":
         if threading.current_thread() is threading.main_thread():
             with _signal_lock:
                 if not _active_topologies:
+                    global _handler_owner_pid
+                    _handler_owner_pid = os.getpid()
                     for sig in (signal.SIGTERM, signal.SIGHUP):
                         _saved_handlers[sig] = signal.signal(sig, _raise_interrupt)
                 _active_topologies.append(self)
@@ -393,7 +403,7 @@ class Topology:
     def close(self) -> None:
         """Stop started processes, then remove every namespace (idempotent). A second Ctrl-C
         during teardown does not stop the teardown."""
-        if self._closed:
+        if self._closed or os.getpid() != self._owner_pid:
             return
         previous = None
         if threading.current_thread() is threading.main_thread():

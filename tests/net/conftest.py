@@ -1,0 +1,99 @@
+"""Fixtures for the namespace tests: real-server programs, the director process, captures.
+
+Every test builds its own namespaces through lvsuser.lab.netns.Topology (unique names, removed on
+exit, also on failure).  Addresses come from 198.18.0.0/15 only.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+if os.geteuid() != 0:
+    pytest.skip("network namespace tests need root", allow_module_level=True)
+
+from lvsuser.lab.netns import Topology  # noqa: E402  (after the root check)
+
+# A real server in one program: HTTP on TCP (GET / answers the server's name, GET /bytes/N
+# answers N bytes), a line echo on TCP for long-lived connections, and a UDP echo.  Each reply
+# carries NAME so the tests see who answered.  No name lookups (http.server's getfqdn() would
+# stall in a namespace without DNS).
+REALSERVER_PROGRAM = r"""
+import socket, socketserver, sys, threading
+name, addr, http_port, echo_port, udp_port = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+class HTTP(socketserver.StreamRequestHandler):
+    def handle(self):
+        while True:
+            line = self.rfile.readline(4096)
+            if not line:
+                return
+            path = line.split()[1].decode() if len(line.split()) > 1 else "/"
+            while True:
+                h = self.rfile.readline(4096)
+                if h in (b"\r\n", b"\n", b""):
+                    break
+            if path.startswith("/bytes/"):
+                body = (name.encode() + b"\n") + b"x" * max(0, int(path[7:]) - len(name) - 1)
+            else:
+                body = name.encode() + b"\n"
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nContent-Type: text/plain\r\n\r\n" % len(body) + body)
+            self.wfile.flush()
+
+class Echo(socketserver.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(name.encode() + b" " + line)
+            self.wfile.flush()
+
+class UDP(socketserver.BaseRequestHandler):
+    def handle(self):
+        data, sock = self.request
+        sock.sendto(name.encode() + b" " + data, self.client_address)
+
+class TCPServer(socketserver.ThreadingTCPServer):
+    address_family = family
+    allow_reuse_address = True
+    daemon_threads = True
+
+class UDPServer(socketserver.UDPServer):
+    address_family = family
+
+servers = [TCPServer((addr, http_port), HTTP), TCPServer((addr, echo_port), Echo), UDPServer((addr, udp_port), UDP)]
+for s in servers[1:]:
+    threading.Thread(target=s.serve_forever, daemon=True).start()
+print("ready", flush=True)
+servers[0].serve_forever()
+"""
+
+
+def start_realserver(topo: Topology, ns: str, name: str, addr: str, http_port: int = 80,
+                     echo_port: int = 9000, udp_port: int = 5353):
+    """Start the real-server program in NS bound to ADDR; returns once it listens."""
+    proc = topo.popen(ns, [sys.executable, "-c", REALSERVER_PROGRAM, name, addr, str(http_port),
+                           str(echo_port), str(udp_port)],
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if line.strip() != "ready":
+        raise RuntimeError(f"real server {name} did not start: {proc.stderr.read()}")
+    return proc
+
+
+def wait_for(predicate, timeout: float = 5.0, step: float = 0.05):
+    """Poll PREDICATE until true or TIMEOUT; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(step)
+
+
+@pytest.fixture
+def topo():
+    with Topology("t") as topology:
+        yield topology

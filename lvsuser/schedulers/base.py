@@ -1,0 +1,114 @@
+"""What every scheduler is: the base class, the packet facts it may use, and the kernel's helpers.
+
+A scheduler is built for one ``model.Service`` and reads ``service.dests`` live (weights,
+connection counts, flags), as kernel schedulers read ``struct ip_vs_dest``.  Control calls
+``update()`` after each change to the service's dests (add, edit or delete -- the kernel's
+add_dest/upd_dest/del_dest hooks), and ``schedule()`` once per new connection.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from lvsuser import model
+
+IPPROTO_TCP = model.IPPROTO_TCP
+IPPROTO_UDP = model.IPPROTO_UDP
+IPPROTO_SCTP = model.IPPROTO_SCTP
+
+# IP_VS_SCHEDNAME_MAXLEN is 16 bytes including the terminating NUL.
+SCHEDNAME_MAXLEN = 15
+
+GOLDEN_RATIO_32 = 0x61C88647
+
+
+@dataclasses.dataclass(frozen=True)
+class PacketInfo:
+    """The facts of a connection's first packet that schedulers may use (host-order ports)."""
+
+    af: int
+    protocol: int
+    saddr: model.IPAddress
+    sport: int
+    daddr: model.IPAddress
+    dport: int
+
+
+class Scheduler:
+    """Base class of built-in and plugin schedulers.
+
+    Subclasses set ``name`` (what ``ipvsadm -s NAME`` selects) and implement ``schedule``;
+    ``flags_supported`` lists the ``-b`` scheduler flags (model.SVC_F_SCHED1/2/3) it honours.
+    """
+
+    name: str = ""
+    flags_supported: int = 0
+
+    def __init__(self, service: model.Service):
+        self.service = service
+
+    def update(self) -> None:
+        """The service's dests changed (added, edited or deleted)."""
+
+    def schedule(self, pkt: PacketInfo, now: float) -> Optional[model.Dest]:
+        """The dest for a new connection, or None when no dest is available."""
+        raise NotImplementedError
+
+
+# --- the kernel's helpers -------------------------------------------------------------------
+
+def dest_key(dest: model.Dest) -> tuple:
+    """What makes a dest the same dest across changes (ip_vs_lookup_dest): address and port."""
+    return (dest.addr, dest.port)
+
+
+def overloaded(dest: model.Dest) -> bool:
+    return bool(dest.flags & model.DEST_F_OVERLOAD)
+
+
+def available(dest: model.Dest) -> bool:
+    return bool(dest.flags & model.DEST_F_AVAILABLE)
+
+
+def conn_overhead(dest: model.Dest) -> int:
+    """ip_vs_dest_conn_overhead: an active connection weighs 256 inactive ones."""
+    return (dest.activeconns << 8) + dest.inactconns
+
+
+def addr_fold(addr: model.IPAddress) -> int:
+    """ntohl of the address (IPv4) or of the xor of its four 32-bit words (IPv6)."""
+    packed = addr.packed
+    if len(packed) == 4:
+        return int.from_bytes(packed, "big")
+    value = 0
+    for i in range(0, 16, 4):
+        value ^= int.from_bytes(packed[i:i + 4], "big")
+    return value
+
+
+def hash_32(value: int, bits: int) -> int:
+    """include/linux/hash.h hash_32: multiply by GOLDEN_RATIO_32 mod 2**32, keep the top bits."""
+    return ((value * GOLDEN_RATIO_32) & 0xFFFFFFFF) >> (32 - bits)
+
+
+def weighted_least(candidates, overhead) -> Optional[model.Dest]:
+    """The wlc-family search: the first usable dest, then any with a strictly lower
+    overhead/weight ratio, compared as ``h1*w2 > h2*w1`` to avoid division (ip_vs_wlc.c).
+
+    Overloaded dests are skipped; weight-0 dests can never win the comparison.
+    """
+    least = None
+    least_overhead = 0
+    for dest in candidates:
+        if overloaded(dest):
+            continue
+        if least is None:
+            if dest.weight > 0:
+                least = dest
+                least_overhead = overhead(dest)
+            continue
+        dest_overhead = overhead(dest)
+        if least_overhead * dest.weight > dest_overhead * least.weight:
+            least = dest
+            least_overhead = dest_overhead
+    return least

@@ -1,0 +1,160 @@
+"""What is measured: the kernel baselines and lvsuser in each mode, behind one small interface.
+
+A candidate turns the director (and, for DR/TUN, the real servers) into one kind of load
+balancer in `start`, says where the client should send (`udp_targets`, `http_target`), and puts
+everything back in `stop`, so that candidates can take turns on the same namespaces round after
+round. A candidate that cannot run here raises `Unavailable` with the reason, which the report
+prints instead of a number.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from bench.topology import HTTP_PORT, UDP_PORT, VIP, BenchTopology
+
+LVSUSER_CPU = "1"  # the generator has CPU 0; keep the director's process off it
+
+
+class Unavailable(Exception):
+    """This candidate cannot run here; str() is the reason shown in the report."""
+
+
+class Candidate:
+    name = "abstract"
+    label = ""
+    baseline = False
+
+    def start(self, topo: BenchTopology, workdir: str) -> None:
+        pass
+
+    def stop(self, topo: BenchTopology) -> None:
+        pass
+
+    def udp_targets(self, topo: BenchTopology) -> tuple[str, str]:
+        return (VIP, VIP)
+
+    def http_target(self, topo: BenchTopology) -> str:
+        return VIP
+
+
+class KernelForwarding(Candidate):
+    """The ceiling: the client addresses the real servers, the director only routes."""
+
+    name = "forward"
+    label = "kernel forwarding (ceiling)"
+    baseline = True
+
+    def udp_targets(self, topo):
+        return (topo.real_servers[0].addr, topo.real_servers[1].addr)
+
+    def http_target(self, topo):
+        return topo.real_servers[0].addr
+
+
+class NftDnat(Candidate):
+    """The kernel load balancer this host has: nftables DNAT, round robin with numgen."""
+
+    name = "nft-dnat"
+    label = "nftables DNAT rr"
+    baseline = True
+    table = "lvsbench_dnat"
+
+    def start(self, topo, workdir):
+        servers = ", ".join(f"{i} : {rs.addr}" for i, rs in enumerate(topo.real_servers))
+        count = len(topo.real_servers)
+        topo.nft(topo.director, f"""
+table ip {self.table} {{
+    chain pre {{
+        type nat hook prerouting priority dstnat; policy accept;
+        ip daddr {VIP} udp dport {UDP_PORT} dnat to numgen inc mod {count} map {{ {servers} }}
+        ip daddr {VIP} tcp dport {HTTP_PORT} dnat to numgen inc mod {count} map {{ {servers} }}
+    }}
+}}
+""")
+
+    def stop(self, topo):
+        topo.run(topo.director, ["nft", "delete", "table", "ip", self.table], timeout=10)
+
+
+FORWARD_FLAG = {"nat": "-m", "dr": "-g", "tun": "-i"}
+
+
+def lvsuser_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lvsuser", *args]
+
+
+def _tail(text: str | None, limit: int = 240) -> str:
+    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else "no output")[:limit]
+
+
+class Lvsuser(Candidate):
+    """`lvsuser run` in the director namespace, configured with `lvsuser ipvsadm` lines."""
+
+    def __init__(self, mode: str, io: str):
+        self.mode, self.io = mode, io
+        self.name = f"lvsuser-{mode}-{io}"
+        self.label = f"lvsuser {mode.upper()} --io {io}"
+        self.proc: subprocess.Popen | None = None
+        self.realservers_done: list = []
+        self.control = ""
+
+    def start(self, topo, workdir):
+        self.control = os.path.join(workdir, f"{self.name}.sock")
+        if os.path.exists(self.control):
+            os.unlink(self.control)
+        if self.mode in ("dr", "tun"):
+            for rs in topo.real_servers:
+                result = topo.run(rs.ns, lvsuser_argv("realserver", self.mode, "--vip", VIP),
+                                  timeout=30)
+                if result.returncode != 0:
+                    raise Unavailable(f"`lvsuser realserver {self.mode}` failed: "
+                                      f"{_tail(result.stderr or result.stdout)}")
+                self.realservers_done.append(rs)
+        argv = ["taskset", "-c", LVSUSER_CPU] + lvsuser_argv(
+            "run", "--control", self.control, "--io", self.io)
+        self.proc = topo.popen(topo.director, argv, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 20
+        while not os.path.exists(self.control):
+            if self.proc.poll() is not None:
+                raise Unavailable(f"`lvsuser run --io {self.io}` exited "
+                                  f"({self.proc.returncode}): {_tail(self.proc.stderr.read())}")
+            if time.monotonic() > deadline:
+                raise Unavailable("`lvsuser run` made no control socket within 20 s")
+            time.sleep(0.1)
+        flag = FORWARD_FLAG[self.mode]
+        for proto, port in (("-u", UDP_PORT), ("-t", HTTP_PORT)):
+            self._ipvsadm(topo, "-A", proto, f"{VIP}:{port}", "-s", "rr")
+            for rs in topo.real_servers:
+                self._ipvsadm(topo, "-a", proto, f"{VIP}:{port}", "-r", f"{rs.addr}:{port}", flag)
+
+    def _ipvsadm(self, topo, *args):
+        env = dict(os.environ, LVSUSER_CONTROL=self.control)
+        result = topo.run(topo.director, lvsuser_argv("ipvsadm", *args), timeout=20, env=env)
+        if result.returncode != 0:
+            raise Unavailable(f"`lvsuser ipvsadm {' '.join(args)}` failed: "
+                              f"{_tail(result.stderr or result.stdout)}")
+
+    def stop(self, topo):
+        if self.proc is not None:
+            topo.stop(self.proc)
+            self.proc = None
+        for rs in self.realservers_done:
+            topo.run(rs.ns, lvsuser_argv("realserver", self.mode, "--vip", VIP, "--undo"),
+                     timeout=30)
+        self.realservers_done = []
+        if self.control and os.path.exists(self.control):
+            os.unlink(self.control)
+
+
+def all_candidates() -> list[Candidate]:
+    """Every host candidate, baselines first (report order)."""
+    found: list[Candidate] = [KernelForwarding(), NftDnat()]
+    for io in ("afpacket", "tun"):
+        for mode in ("nat", "dr", "tun"):
+            found.append(Lvsuser(mode, io))
+    return found

@@ -1,0 +1,141 @@
+"""The control socket server: one thread per client, requests applied to one backend.
+
+Theory of operation
+-------------------
+Each connection is served by its own thread (``socketserver.ThreadingMixIn``); requests are
+JSON lines (see ``protocol``).  Atomicity and ordering between clients come from the backend,
+whose every operation takes its own lock -- the server adds no locking of its own.  A request
+that fails is answered with the errno and the connection stays usable; a malformed line is
+answered with EINVAL.  The socket is created with mode 0600 in a directory created if needed.
+A socket file left behind by a daemon that died is detected (nobody accepts on it) and replaced;
+one that a live daemon answers on is left alone and reported.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import socketserver
+import threading
+from typing import Optional
+
+from lvsuser.backends.base import Backend
+from lvsuser.control import protocol
+from lvsuser.model import IPVSError
+
+log = logging.getLogger("lvsuser.control")
+
+
+class ControlSocketInUse(RuntimeError):
+    """Another live process serves the control socket path."""
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        while True:
+            line = self.rfile.readline(protocol.MAX_LINE + 1)
+            if not line:
+                return
+            if len(line) > protocol.MAX_LINE:
+                self.wfile.write(protocol.error_reply(errno.EMSGSIZE, "request too long",
+                                                      bad_request=True))
+                return
+            if not line.strip():
+                continue
+            reply = self.server.dispatch(line)
+            try:
+                self.wfile.write(reply)
+                self.wfile.flush()
+            except OSError:
+                return
+
+
+class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    allow_reuse_address = False
+
+    def __init__(self, path: str, backend: Backend):
+        self.path = path
+        self.backend = backend
+        _prepare_path(path)
+        old_umask = os.umask(0o177)  # the socket is born 0600: no window where others may connect
+        try:
+            super().__init__(path, _Handler)
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        self._thread: Optional[threading.Thread] = None
+
+    def dispatch(self, line: bytes) -> bytes:
+        try:
+            message = protocol.load_line(line)
+            op = message.get("op")
+            if op not in protocol.OPERATIONS:
+                raise protocol.ProtocolError(f"unknown op {op!r}")
+            args = protocol.decode(message.get("args") or {})
+            if not isinstance(args, dict):
+                raise protocol.ProtocolError("args must be an object")
+        except protocol.ProtocolError as exc:
+            return protocol.error_reply(errno.EINVAL, str(exc), bad_request=True)
+        if op == "ping":
+            return protocol.ok_reply("pong")
+        method = getattr(self.backend, op, None)
+        if method is None:
+            return protocol.error_reply(errno.ENOSYS, f"{op} is not supported by this backend")
+        try:
+            result = method(**args)
+        except IPVSError as exc:
+            extra = {"index": exc.index} if hasattr(exc, "index") else {}
+            return protocol.error_reply(exc.errno, exc.message, **extra)
+        except NotImplementedError:
+            return protocol.error_reply(errno.ENOSYS, f"{op} is not supported by this backend")
+        except TypeError as exc:
+            return protocol.error_reply(errno.EINVAL, f"bad arguments: {exc}", bad_request=True)
+        except Exception as exc:  # keep serving other clients; the log says what happened
+            log.exception("control request %s failed", op)
+            return protocol.error_reply(errno.EIO, f"internal error: {exc}")
+        try:
+            return protocol.ok_reply(result)
+        except protocol.ProtocolError as exc:
+            return protocol.error_reply(errno.EIO, str(exc))
+
+    def start(self) -> "ControlServer":
+        """Serve in a background thread."""
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="lvsuser-control", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self.shutdown()
+            self._thread.join(timeout=5)
+            self._thread = None
+        self.server_close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def _prepare_path(path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    if not os.path.exists(path) and not os.path.islink(path):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        log.info("removing stale control socket %s", path)
+        os.unlink(path)
+        return
+    except OSError as exc:
+        if exc.errno == errno.ENOTSOCK or exc.errno == errno.ECONNREFUSED:
+            raise ControlSocketInUse(f"{path} exists and is not a socket") from exc
+        raise
+    finally:
+        probe.close()
+    raise ControlSocketInUse(f"another lvsuser daemon is serving {path}")

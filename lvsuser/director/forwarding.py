@@ -55,6 +55,7 @@ class Egress:
     dst_mac: str = ZERO_MAC
     mtu: int = 0
     nexthop: Optional[ipaddress.IPv4Address | ipaddress.IPv6Address] = None
+    src_addr: Optional[ipaddress.IPv4Address | ipaddress.IPv6Address] = None  # the kernel's choice
     local: bool = False  # the address is the director's own
     reason: str = ""  # why it is not ready, for logs
 
@@ -127,11 +128,13 @@ class Resolver:
         if not gateway and via:
             gateway = via.get("addr") if isinstance(via, dict) else None
         nexthop = ipaddress.ip_address(gateway) if gateway else addr
+        prefsrc = route.get("RTA_PREFSRC")
+        src_addr = ipaddress.ip_address(prefsrc) if prefsrc else None
         link = links.get(oif)
         if link is None:
             return Egress(addr, ifindex=oif, reason="egress interface vanished")
         base = dict(addr=addr, ifindex=oif, ifname=link["name"], src_mac=link["mac"],
-                    mtu=link["mtu"], nexthop=nexthop)
+                    mtu=_route_mtu(route) or link["mtu"], nexthop=nexthop, src_addr=src_addr)
         if link["loopback"]:
             return Egress(**base, local=True, reason="route points to loopback")
         mac = self.neighbour_mac(nexthop, oif)
@@ -169,6 +172,14 @@ class Resolver:
                 sock.sendto(b"", (str(nexthop), 9))
         except OSError:
             pass
+
+
+def _route_mtu(route) -> int:
+    """A route's own MTU (`ip route ... mtu N`), 0 when it has none."""
+    metrics = route.get("RTA_METRICS")
+    if metrics:
+        return metrics.get("RTAX_MTU", 0) or 0
+    return 0
 
 
 def _link_kind(link) -> str:

@@ -1,0 +1,287 @@
+"""The user-space backend: the IPVS table (TableBackend) driving the datapath core.
+
+Theory of operation
+-------------------
+``TableBackend`` keeps the virtual-service table with kernel semantics and calls ``_changed()``
+after every successful change.  We turn the table plus what the kernel says about this namespace
+(interfaces, routes and neighbours towards each real server, which VIPs are local) into one
+``CoreConfig`` and publish it; the core adopts it between batches.  The same republish runs when
+the netlink monitor reports a change, so the core's MACs and egress interfaces follow the
+kernel's.  A publish is skipped when nothing the core sees has changed.
+
+Driver threads run the I/O loop (``AfPacketDriver`` or ``TunDriver`` from ``lvsuser._fastpath``),
+which holds the GIL only around the Python parts of a batch.  With ``io='afpacket'`` an nftables
+guard keeps the director's kernel out of VIP traffic (director/guard.py); with ``io='tun'``
+policy routes steer that traffic into the TUN device instead (director/tunroutes.py).
+
+``close()`` stops the threads and removes everything this backend added: nft table, rules,
+routes, sysctls, the TUN device.  It is idempotent and also runs from ``atexit``.
+"""
+from __future__ import annotations
+
+import atexit
+import ipaddress
+import logging
+import os
+import shutil
+import threading
+import time
+from typing import Optional
+
+from lvsuser import model
+from lvsuser.backends.base import BackendUnavailable
+from lvsuser.backends.table import TableBackend
+from lvsuser.director import guard as guard_mod
+from lvsuser.director.forwarding import Resolver, mac_bytes
+from lvsuser.director.monitor import Monitor
+from lvsuser.fastpath import config as cfg
+
+log = logging.getLogger(__name__)
+
+IO_AFPACKET = "afpacket"
+IO_TUN = "tun"
+
+
+def _load_core():
+    """The compiled core if it is built, else the pure-Python reference."""
+    try:
+        from lvsuser import _fastpath
+
+        if hasattr(_fastpath, "Core"):
+            return _fastpath.Core()
+    except ImportError:
+        pass
+    try:
+        from lvsuser import pyfastpath
+
+        return pyfastpath.Core()
+    except ImportError as exc:
+        raise BackendUnavailable(f"the datapath core is not available ({exc}).") from exc
+
+
+def _drivers_module():
+    try:
+        from lvsuser import _fastpath
+    except ImportError as exc:
+        raise BackendUnavailable(
+            "the compiled datapath lvsuser._fastpath is missing: run "
+            "`python3 setup.py build_ext --inplace`.") from exc
+    if not hasattr(_fastpath, "AfPacketDriver"):
+        raise BackendUnavailable("lvsuser._fastpath was built without its I/O drivers; rebuild it.")
+    return _fastpath
+
+
+class UserspaceBackend(TableBackend):
+    name = "userspace"
+
+    def __init__(self, io: str = IO_AFPACKET, interfaces: Optional[list[str]] = None,
+                 core=None, tun_name: Optional[str] = None):
+        if io not in (IO_AFPACKET, IO_TUN):
+            raise BackendUnavailable(f"unknown I/O driver {io!r}: use 'afpacket' or 'tun'.")
+        if os.geteuid() != 0:
+            raise BackendUnavailable("the userspace backend needs root (raw sockets, nftables, routes).")
+        if io == IO_AFPACKET and shutil.which("nft") is None:
+            raise BackendUnavailable("the nft command (package nftables) is needed to keep the "
+                                     "director's kernel out of VIP traffic.")
+        if io == IO_TUN and not os.path.exists("/dev/net/tun"):
+            raise BackendUnavailable("--io tun needs /dev/net/tun (the tun kernel module).")
+        super().__init__()
+        self.io = io
+        self._fastpath = _drivers_module()
+        self.core = core if core is not None else _load_core()
+        self._lock = threading.RLock()
+        self._closed = False
+        self._published_key = None
+        self._threads: list[threading.Thread] = []
+        self._drivers: list = []
+        self._guard: Optional[guard_mod.Guard] = None
+        self._tunroutes = None
+        self._tun = None
+        self._monitor: Optional[Monitor] = None
+        self.resolver = Resolver()
+        try:
+            links = self.resolver.links()
+            self.interfaces = self._pick_interfaces(links, interfaces)
+            if io == IO_AFPACKET:
+                guard_mod.sweep_stale()
+                self._guard = guard_mod.Guard()
+                self._start_afpacket(links)
+            else:
+                self._start_tun(tun_name)
+            self._republish()
+            self._monitor = Monitor(self._republish_quietly).start()
+        except BaseException:
+            self.close()
+            raise
+        atexit.register(self.close)
+
+    # --- interfaces and drivers -------------------------------------------------------------
+    @staticmethod
+    def _pick_interfaces(links: dict, names: Optional[list[str]]) -> dict[int, dict]:
+        """ifindex -> link info of the interfaces to serve: all but loopback, or the named ones."""
+        if names:
+            by_name = {info["name"]: (idx, info) for idx, info in links.items()}
+            chosen = {}
+            for name in names:
+                if name not in by_name:
+                    raise BackendUnavailable(f"there is no interface named {name!r} in this namespace.")
+                idx, info = by_name[name]
+                chosen[idx] = info
+            return chosen
+        chosen = {idx: info for idx, info in links.items()
+                  if not info["loopback"] and info["kind"] != "tun"}
+        if not chosen:
+            raise BackendUnavailable("this namespace has no interface to serve besides loopback.")
+        return chosen
+
+    def _start_thread(self, driver, name: str) -> None:
+        thread = threading.Thread(target=driver.run, name=name, daemon=True)
+        self._drivers.append(driver)
+        self._threads.append(thread)
+        thread.start()
+
+    def _start_afpacket(self, links: dict) -> None:
+        ports = [(idx, info["mtu"]) for idx, info in sorted(self.interfaces.items())]
+        try:
+            driver = self._fastpath.AfPacketDriver(self.core, ports)
+        except OSError as exc:
+            raise BackendUnavailable(f"cannot open AF_PACKET rings: {exc.strerror or exc}.") from exc
+        self._start_thread(driver, "lvsuser-afpacket")
+
+    def _start_tun(self, tun_name: Optional[str]) -> None:
+        from lvsuser.director.tunroutes import TunRoutes
+
+        name = tun_name or f"lvs{os.getpid() % 1000000}"
+        mtu = max([info["mtu"] for info in self.interfaces.values()] + [1500])
+        try:
+            self._tun = self._fastpath.TunDriver(self.core, name, mtu)
+        except OSError as exc:
+            raise BackendUnavailable(f"cannot create TUN device {name}: {exc.strerror or exc}.") from exc
+        ipr = self.resolver.ipr
+        ipr.link("set", index=self._tun.ifindex, state="up", mtu=mtu)
+        table = 20000 + os.getpid() % 10000
+        self._tunroutes = TunRoutes(ipr, self._tun.ifindex, name, table)
+        self._tunroutes.setup()
+        self._start_thread(self._tun, "lvsuser-tun")
+
+    # --- publishing -------------------------------------------------------------------------
+    def _changed(self) -> None:
+        parent = getattr(super(), "_changed", None)
+        if parent is not None:
+            parent()
+        if not getattr(self, "_closed", True) and hasattr(self, "resolver"):
+            self._republish()
+
+    def _republish_quietly(self) -> None:
+        if not self._closed:
+            self._republish()
+
+    def _build_config(self) -> tuple[cfg.CoreConfig, list[str]]:
+        services = TableBackend.get_services(self)
+        mark_rules = list(self.get_mark_rules())
+        links = self.resolver.links()
+        local_addrs = self.resolver.local_addresses()
+        if self.io == IO_AFPACKET:
+            self.interfaces = {idx: links[idx] for idx in self.interfaces if idx in links}
+        dest_addrs = {dest.addr for svc in services for dest in svc.dests}
+        egress = self.resolver.resolve_all(dest_addrs, probe=True) if dest_addrs else {}
+        routes = {}
+        for addr, eg in egress.items():
+            if not eg.ready:
+                log.debug("real server %s not reachable yet: %s", addr, eg.reason)
+                continue
+            if self.io == IO_TUN:
+                routes[addr] = cfg.DestRoute(ifindex=self._tun.ifindex, mtu=eg.mtu,
+                                             src_addr=eg.src_addr)
+            else:
+                routes[addr] = cfg.DestRoute(ifindex=eg.ifindex, src_mac=mac_bytes(eg.src_mac),
+                                             dst_mac=mac_bytes(eg.dst_mac), mtu=eg.mtu,
+                                             src_addr=eg.src_addr)
+        local_macs = {idx: mac_bytes(info["mac"]) for idx, info in self.interfaces.items()}
+        vips = sorted({svc.addr for svc in services if svc.addr is not None},
+                      key=lambda a: (a.version, a))
+        proxy = [vip for vip in vips if vip not in local_addrs]
+        proxy_vips = {idx: list(proxy) for idx in self.interfaces} if proxy and self.io == IO_AFPACKET else {}
+        config = cfg.CoreConfig(services=services, routes=routes, local_macs=local_macs,
+                                proxy_vips=proxy_vips, timeouts=self.get_timeouts(),
+                                mark_rules=mark_rules,
+                                mode=cfg.MODE_L3 if self.io == IO_TUN else cfg.MODE_L2)
+        ifnames = [info["name"] for info in self.interfaces.values()]
+        self._local_vip_families = {model.af_of(v) for v in vips if v in local_addrs}
+        return config, ifnames
+
+    @staticmethod
+    def _fingerprint(config: cfg.CoreConfig, ifnames: list[str]):
+        """What the core and the guard see, as a comparable value (counters excluded)."""
+        services = tuple(
+            (svc.key, svc.scheduler, svc.flags, svc.timeout, svc.netmask, svc.pe_name,
+             tuple((d.addr, d.port, int(d.fwd), d.weight, d.u_threshold, d.l_threshold,
+                    int(d.tun_type), d.tun_port, d.tun_flags) for d in svc.dests))
+            for svc in config.services)
+        routes = tuple(sorted((str(a), r.ifindex, r.src_mac, r.dst_mac, r.mtu, str(r.src_addr))
+                              for a, r in config.routes.items()))
+        return (services, routes, tuple(sorted(config.local_macs.items())),
+                tuple(sorted((k, tuple(v)) for k, v in config.proxy_vips.items())),
+                (config.timeouts.tcp, config.timeouts.tcp_fin, config.timeouts.udp),
+                tuple(config.mark_rules), config.mode, tuple(sorted(ifnames)))
+
+    def _republish(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            config, ifnames = self._build_config()
+            key = self._fingerprint(config, ifnames)
+            if key == self._published_key:
+                return
+            config.validate()
+            self.core.publish(config)
+            if self._guard is not None:
+                self._guard.apply(ifnames, guard_mod.service_rules(config.services, config.mark_rules))
+            if self._tunroutes is not None:
+                self._tunroutes.apply(config.services, config.mark_rules, self._local_vip_families)
+            self._published_key = key
+
+    # --- run-time state from the core -----------------------------------------------------
+    def get_services(self) -> list[model.Service]:
+        services = super().get_services()
+        fill = getattr(self.core, "fill_stats", None)
+        if fill is not None:
+            fill(services)
+        return services
+
+    def get_connections(self) -> list[dict]:
+        rows = getattr(self.core, "connections", None)
+        return list(rows()) if rows is not None else []
+
+    def driver_stats(self) -> dict:
+        out = {}
+        for driver in self._drivers:
+            for key, value in driver.stats().items():
+                out[key] = out.get(key, 0) + value
+        return out
+
+    # --- shutdown ---------------------------------------------------------------------------
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._monitor is not None:
+            self._monitor.stop()
+        for driver in self._drivers:
+            driver.stop()
+        for thread in self._threads:
+            thread.join(5)
+        for driver in self._drivers:
+            try:
+                driver.close()
+            except RuntimeError as exc:
+                log.warning("driver did not stop: %s", exc)
+        if self._guard is not None:
+            self._guard.remove()
+        if self._tunroutes is not None:
+            self._tunroutes.close()
+        self.resolver.close()
+        parent = getattr(super(), "close", None)
+        if parent is not None:
+            parent()

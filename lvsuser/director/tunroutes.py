@@ -1,0 +1,165 @@
+"""Policy routing for `--io tun`: steer VIP traffic and NAT replies into the director's TUN device.
+
+Theory of operation
+-------------------
+With ``--io tun`` the kernel, not an AF_PACKET ring, delivers packets to us: a routing table of
+our own (``table``) holds one route, ``default dev <tun>``, and policy rules select what goes there:
+
+  * ``to VIP ipproto P dport PORT``  -- new and existing client traffic of each virtual service;
+  * ``from RIP ipproto P sport RPORT`` -- the answers of masquerading real servers (NAT replies).
+
+Everything the core writes back into the device re-enters routing as if received on it: the
+rewritten packets no longer match the rules (their destination is a real server, or their source
+is the VIP), so the main table forwards them.  That needs ``ip_forward`` and, because rewritten
+replies and IPIP packets carry one of the director's own addresses as source, ``accept_local`` on
+the device; ``rp_filter`` is switched off on it.  Previous values are restored on close.
+
+The guide puts the VIP on the director's interface.  The ``local`` table is consulted at rule
+priority 0, before any rule we can add, and would deliver VIP traffic to the director's own
+stack.  When a VIP is local we therefore re-add the ``local`` lookup after our rules and remove
+the priority-0 one (``ip rule`` users know this move); close() puts it back first.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+
+from lvsuser import model
+
+log = logging.getLogger(__name__)
+
+RULE_PRIORITY = 1000  # our rules: 1000 + n
+LOCAL_MOVED_PRIORITY = 2000  # where the `local` lookup goes while a VIP is local
+RT_TABLE_LOCAL = 255
+FR_ACT_TO_TBL = 1
+
+
+class TunRoutes:
+    def __init__(self, ipr, tun_ifindex: int, tun_name: str, table: int):
+        self.ipr = ipr
+        self.tun_ifindex = tun_ifindex
+        self.tun_name = tun_name
+        self.table = table
+        self._rules: list[dict] = []  # what we added, to delete exactly that
+        self._local_moved = {}  # family -> True
+        self._sysctl_saved: dict[str, str] = {}
+
+    # --- sysctls of the director's own namespace ------------------------------------------
+    def _sysctl(self, key: str, value: str) -> None:
+        path = "/proc/sys/" + key
+        try:
+            with open(path) as f:
+                old = f.read().strip()
+            if old != value:
+                self._sysctl_saved.setdefault(path, old)
+                with open(path, "w") as f:
+                    f.write(value)
+        except OSError as exc:
+            log.warning("cannot set %s=%s: %s", key, value, exc)
+
+    def setup(self) -> None:
+        self._sysctl("net/ipv4/ip_forward", "1")
+        self._sysctl("net/ipv6/conf/all/forwarding", "1")
+        self._sysctl(f"net/ipv4/conf/{self.tun_name}/rp_filter", "0")
+        self._sysctl(f"net/ipv4/conf/{self.tun_name}/accept_local", "1")
+        for family in (socket.AF_INET, socket.AF_INET6):
+            self.ipr.route("replace", family=family, table=self.table, oif=self.tun_ifindex,
+                           dst="default" if family == socket.AF_INET else "::/0")
+
+    # --- rules ----------------------------------------------------------------------------
+    def _wanted(self, services: list[model.Service], mark_rules: list[model.MarkRule]) -> list[dict]:
+        wanted: list[dict] = []
+        seen = set()
+
+        def add(**rule):
+            key = tuple(sorted(rule.items()))
+            if key not in seen:
+                seen.add(key)
+                wanted.append(rule)
+
+        marks: dict[int, list[model.MarkRule]] = {}
+        for mrule in mark_rules:
+            marks.setdefault(mrule.mark, []).append(mrule)
+        for svc in services:
+            if svc.fwmark:
+                for mrule in marks.get(svc.fwmark, []):
+                    rule = dict(family=socket.AF_INET6 if mrule.dst_net.version == 6 else socket.AF_INET,
+                                dst=str(mrule.dst_net.network_address), dst_len=mrule.dst_net.prefixlen)
+                    if mrule.protocol:
+                        rule["ip_proto"] = mrule.protocol
+                        if (mrule.dport_lo, mrule.dport_hi) != (0, 65535):
+                            rule["dport_range"] = {"start": mrule.dport_lo, "end": mrule.dport_hi}
+                    add(**rule)
+            else:
+                family = socket.AF_INET6 if svc.addr.version == 6 else socket.AF_INET
+                rule = dict(family=family, dst=str(svc.addr), dst_len=svc.addr.max_prefixlen,
+                            ip_proto=svc.protocol)
+                if svc.port:
+                    rule["dport_range"] = {"start": svc.port, "end": svc.port}
+                add(**rule)
+            for dest in svc.dests:
+                if dest.fwd != model.Forward.MASQ:
+                    continue
+                family = socket.AF_INET6 if dest.addr.version == 6 else socket.AF_INET
+                protos = [svc.protocol] if svc.protocol else [model.IPPROTO_TCP, model.IPPROTO_UDP]
+                for proto in protos:
+                    rule = dict(family=family, src=str(dest.addr), src_len=dest.addr.max_prefixlen,
+                                ip_proto=proto)
+                    if dest.port:
+                        rule["sport_range"] = {"start": dest.port, "end": dest.port}
+                    add(**rule)
+        return wanted
+
+    def apply(self, services, mark_rules, local_vip_families: set[int]) -> None:
+        wanted = self._wanted(services, mark_rules)
+        if wanted != [{k: v for k, v in r.items() if k != "priority"} for r in self._rules]:
+            self._delete_rules()
+            for n, rule in enumerate(wanted):
+                full = dict(rule, priority=RULE_PRIORITY + n, table=self.table, action=FR_ACT_TO_TBL)
+                self.ipr.rule("add", **full)
+                self._rules.append(dict(rule, priority=RULE_PRIORITY + n))
+        for family in local_vip_families:
+            self._move_local(family)
+
+    def _delete_rules(self) -> None:
+        for rule in self._rules:
+            try:
+                self.ipr.rule("del", table=self.table, action=FR_ACT_TO_TBL, **rule)
+            except Exception as exc:
+                log.warning("could not delete rule %s: %s", rule, exc)
+        self._rules = []
+
+    def _move_local(self, family: int) -> None:
+        if self._local_moved.get(family):
+            return
+        self.ipr.rule("add", family=family, priority=LOCAL_MOVED_PRIORITY, table=RT_TABLE_LOCAL,
+                      action=FR_ACT_TO_TBL)
+        self._local_moved[family] = True
+        try:
+            self.ipr.rule("del", family=family, priority=0, table=RT_TABLE_LOCAL, action=FR_ACT_TO_TBL)
+        except Exception as exc:
+            log.warning("could not move the local table's rule: %s", exc)
+
+    def close(self) -> None:
+        for family in list(self._local_moved):
+            try:
+                self.ipr.rule("add", family=family, priority=0, table=RT_TABLE_LOCAL,
+                              action=FR_ACT_TO_TBL)
+                self.ipr.rule("del", family=family, priority=LOCAL_MOVED_PRIORITY,
+                              table=RT_TABLE_LOCAL, action=FR_ACT_TO_TBL)
+            except Exception as exc:
+                log.warning("could not restore the local table's rule: %s", exc)
+        self._local_moved.clear()
+        self._delete_rules()
+        for family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                self.ipr.flush_routes(table=self.table, family=family)
+            except Exception:
+                pass
+        for path, old in self._sysctl_saved.items():
+            try:
+                with open(path, "w") as f:
+                    f.write(old)
+            except OSError:
+                pass
+        self._sysctl_saved.clear()

@@ -20,6 +20,7 @@ routes, sysctls, the TUN device.  It is idempotent and also runs from ``atexit``
 from __future__ import annotations
 
 import atexit
+import copy
 import ipaddress
 import logging
 import os
@@ -89,7 +90,8 @@ class UserspaceBackend(TableBackend):
         self.io = io
         self._fastpath = _drivers_module()
         self.core = core if core is not None else _load_core()
-        self._lock = threading.RLock()
+        # Publishing shares TableBackend's lock: _changed() already runs under it, and the
+        # monitor thread takes it too, so there is one lock order.
         self._closed = False
         self._published_key = None
         self._threads: list[threading.Thread] = []
@@ -177,7 +179,7 @@ class UserspaceBackend(TableBackend):
             self._republish()
 
     def _build_config(self) -> tuple[cfg.CoreConfig, list[str]]:
-        services = TableBackend.get_services(self)
+        services = copy.deepcopy(self._dump_order())
         mark_rules = list(self.get_mark_rules())
         links = self.resolver.links()
         local_addrs = self.resolver.local_addresses()
@@ -242,12 +244,15 @@ class UserspaceBackend(TableBackend):
             self._published_key = key
 
     # --- run-time state from the core -----------------------------------------------------
-    def get_services(self) -> list[model.Service]:
-        services = super().get_services()
+    def _fill_live_state(self, services: list[model.Service]) -> None:
         fill = getattr(self.core, "fill_stats", None)
         if fill is not None:
             fill(services)
-        return services
+
+    def _zero_live_counters(self, key) -> None:
+        zero = getattr(self.core, "zero", None)
+        if zero is not None:
+            zero(key)
 
     def get_connections(self) -> list[dict]:
         rows = getattr(self.core, "connections", None)

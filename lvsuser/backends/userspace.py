@@ -92,6 +92,9 @@ class UserspaceBackend(TableBackend):
         self.core = core if core is not None else _load_core()
         # Publishing shares TableBackend's lock: _changed() already runs under it, and the
         # monitor thread takes it too, so there is one lock order.
+        # Held around every call into the core from Python (publish, stats, and, for the pure
+        # Python core, each batch): the C core swaps tables itself, the reference core does not.
+        self._core_lock = threading.Lock()
         self._closed = False
         self._published_key = None
         self._threads: list[threading.Thread] = []
@@ -145,7 +148,7 @@ class UserspaceBackend(TableBackend):
     def _start_afpacket(self, links: dict) -> None:
         ports = [(idx, info["mtu"]) for idx, info in sorted(self.interfaces.items())]
         try:
-            driver = self._fastpath.AfPacketDriver(self.core, ports)
+            driver = self._fastpath.AfPacketDriver(self.core, ports, self._core_lock)
         except OSError as exc:
             raise BackendUnavailable(f"cannot open AF_PACKET rings: {exc.strerror or exc}.") from exc
         self._start_thread(driver, "lvsuser-afpacket")
@@ -156,7 +159,7 @@ class UserspaceBackend(TableBackend):
         name = tun_name or f"lvs{os.getpid() % 1000000}"
         mtu = max([info["mtu"] for info in self.interfaces.values()] + [1500])
         try:
-            self._tun = self._fastpath.TunDriver(self.core, name, mtu)
+            self._tun = self._fastpath.TunDriver(self.core, name, mtu, self._core_lock)
         except OSError as exc:
             raise BackendUnavailable(f"cannot create TUN device {name}: {exc.strerror or exc}.") from exc
         ipr = self.resolver.ipr
@@ -236,7 +239,8 @@ class UserspaceBackend(TableBackend):
             if key == self._published_key:
                 return
             config.validate()
-            self.core.publish(config)
+            with self._core_lock:
+                self.core.publish(config)
             if self._guard is not None:
                 self._guard.apply(ifnames, guard_mod.service_rules(config.services, config.mark_rules))
             if self._tunroutes is not None:
@@ -245,18 +249,35 @@ class UserspaceBackend(TableBackend):
 
     # --- run-time state from the core -----------------------------------------------------
     def _fill_live_state(self, services: list[model.Service]) -> None:
-        fill = getattr(self.core, "fill_stats", None)
-        if fill is not None:
-            fill(services)
+        """Counters, rates and connection counts come from the core, which owns them."""
+        with self._core_lock:
+            live = {svc.key: svc for svc in self.core.services()}
+        for svc in services:
+            got = live.get(svc.key)
+            if got is None:
+                continue
+            svc.stats = copy.copy(got.stats)
+            for dest in svc.dests:
+                live_dest = got.find_dest(dest.addr, dest.port)
+                if live_dest is None:
+                    continue
+                dest.stats = copy.copy(live_dest.stats)
+                dest.activeconns = live_dest.activeconns
+                dest.inactconns = live_dest.inactconns
+                dest.persistconns = live_dest.persistconns
 
     def _zero_live_counters(self, key) -> None:
-        zero = getattr(self.core, "zero", None)
-        if zero is not None:
-            zero(key)
+        with self._core_lock:
+            self.core.zero(key)
 
     def get_connections(self) -> list[dict]:
-        rows = getattr(self.core, "connections", None)
-        return list(rows()) if rows is not None else []
+        with self._core_lock:
+            return list(self.core.connections(time.monotonic()))
+
+    def core_counters(self) -> dict:
+        """The core's per-reason counters (drops, passes, new connections)."""
+        with self._core_lock:
+            return dict(self.core.counters())
 
     def driver_stats(self) -> dict:
         out = {}

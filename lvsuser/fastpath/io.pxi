@@ -25,6 +25,7 @@ from libc.string cimport memcpy, memset
 from libc.stdlib cimport malloc, free, calloc
 from libc.errno cimport errno, EAGAIN, EINTR, ENOBUFS
 import os
+import threading
 
 
 cdef extern from "<poll.h>" nogil:
@@ -371,11 +372,20 @@ cdef bint io_bind_core(object core, lvs_io_core *out):
     return False
 
 
+# The core's verdicts (pyfastpath.PASS/DROP/TX/REPLY; the C core uses the same numbers).
+cdef enum:
+    IO_VERDICT_PASS = 0
+    IO_VERDICT_DROP = 1
+    IO_VERDICT_TX = 2
+    IO_VERDICT_REPLY = 3
+    IO_EXPIRE_INTERVAL_MS = 250
+
+
 cdef void io_core_tick(object core, double now):
-    """Give the core a chance to expire connections and adopt tables while the rings are idle."""
-    tick = getattr(core, "tick", None)
-    if tick is not None:
-        tick(now)
+    """Let the core expire connections (and run its rate estimator) while the rings are idle."""
+    expire = getattr(core, "expire", None)
+    if expire is not None:
+        expire(now)
 
 
 cdef int io_python_batch(object core, _FrameArena arena, double now) except -1:
@@ -389,8 +399,10 @@ cdef int io_python_batch(object core, _FrameArena arena, double now) except -1:
         verdict, out_frame, out_ifindex = result
         f.verdict = int(verdict)
         f.out_ifindex = 0
-        if out_frame is None or not out_ifindex:
+        if out_frame is None or f.verdict not in (IO_VERDICT_TX, IO_VERDICT_REPLY):
             continue
+        if f.verdict == IO_VERDICT_REPLY and not out_ifindex:
+            out_ifindex = f.ifindex
         out = bytes(out_frame)
         n = <uint32_t>len(out)
         # rebase the frame at the start of the slot's headroom so replies and encapsulations fit

@@ -270,6 +270,7 @@ cdef class AfPacketDriver:
     cdef int nports
     cdef int stop_fd
     cdef object core
+    cdef object core_lock           # serializes a Python core with its publisher
     cdef lvs_io_core ccore          # the C core's batch entry, when the core is one
     cdef bint has_c
     cdef _FrameArena arena
@@ -281,8 +282,8 @@ cdef class AfPacketDriver:
         self.stop_fd = -1
         memset(&self.ctr, 0, sizeof(self.ctr))
 
-    def __init__(self, core, interfaces):
-        """interfaces: [(ifindex, mtu), ...]"""
+    def __init__(self, core, interfaces, core_lock=None):
+        """interfaces: [(ifindex, mtu), ...]; core_lock: held around calls into a Python core."""
         cdef int i, err
         cdef uint32_t max_mtu = 1500
         if len(interfaces) == 0:
@@ -291,6 +292,7 @@ cdef class AfPacketDriver:
             raise ValueError(f"at most {IO_MAX_IFS} interfaces per driver")
         self.core = core
         self.has_c = io_bind_core(core, &self.ccore)
+        self.core_lock = core_lock if core_lock is not None else threading.Lock()
         self.stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         if self.stop_fd < 0:
             raise OSError(errno, "eventfd failed")
@@ -411,7 +413,8 @@ cdef class AfPacketDriver:
                 self.ccore.batch(self.ccore.state, self.arena.frames, self.arena.count, io_now())
                 self._transmit()
         else:
-            io_python_batch(self.core, self.arena, io_now())
+            with self.core_lock:
+                io_python_batch(self.core, self.arena, io_now())
             with nogil:
                 self._transmit()
         return 0
@@ -421,6 +424,7 @@ cdef class AfPacketDriver:
         cdef pollfd fds[IO_MAX_IFS + 1]
         cdef int i, rc, more
         cdef uint64_t junk
+        cdef double now, next_expire = 0.0
         cdef int n = self.nports
         for i in range(n):
             fds[i].fd = self.ports[i].rx_fd
@@ -447,6 +451,10 @@ cdef class AfPacketDriver:
                             self._flush()
                     self._flush()
                 # let the core expire connections and adopt new tables even when idle
-                io_core_tick(self.core, io_now())
+                now = io_now()
+                if now >= next_expire:
+                    with self.core_lock:
+                        io_core_tick(self.core, now)
+                    next_expire = now + IO_EXPIRE_INTERVAL_MS / 1000.0
         finally:
             self.running = False

@@ -45,6 +45,7 @@ cdef class TunDriver:
     cdef public int ifindex
     cdef public str name
     cdef object core
+    cdef object core_lock           # serializes a Python core with its publisher
     cdef lvs_io_core ccore
     cdef bint has_c
     cdef _FrameArena arena
@@ -56,13 +57,14 @@ cdef class TunDriver:
         self.stop_fd = -1
         memset(&self.ctr, 0, sizeof(self.ctr))
 
-    def __init__(self, core, str name, int mtu=1500):
+    def __init__(self, core, str name, int mtu=1500, core_lock=None):
         cdef ifreq req
         cdef bytes raw = name.encode()
         if not raw or len(raw) > 15:
             raise ValueError(f"bad TUN device name {name!r}")
         self.core = core
         self.has_c = io_bind_core(core, &self.ccore)
+        self.core_lock = core_lock if core_lock is not None else threading.Lock()
         self.fd = open(b"/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC)
         if self.fd < 0:
             raise OSError(errno, f"/dev/net/tun: {os.strerror(errno)}")
@@ -148,7 +150,8 @@ cdef class TunDriver:
                 self.ccore.batch(self.ccore.state, self.arena.frames, self.arena.count, io_now())
                 self._transmit()
         else:
-            io_python_batch(self.core, self.arena, io_now())
+            with self.core_lock:
+                io_python_batch(self.core, self.arena, io_now())
             with nogil:
                 self._transmit()
         return 0
@@ -157,6 +160,7 @@ cdef class TunDriver:
         cdef pollfd fds[2]
         cdef int rc, more
         cdef uint64_t junk
+        cdef double now, next_expire = 0.0
         fds[0].fd = self.fd
         fds[0].events = POLLIN
         fds[1].fd = self.stop_fd
@@ -176,6 +180,10 @@ cdef class TunDriver:
                     with nogil:
                         more = self._gather()
                     self._flush()
-                io_core_tick(self.core, io_now())
+                now = io_now()
+                if now >= next_expire:
+                    with self.core_lock:
+                        io_core_tick(self.core, now)
+                    next_expire = now + IO_EXPIRE_INTERVAL_MS / 1000.0
         finally:
             self.running = False

@@ -16,11 +16,22 @@ from lvsuser.fastpath.types cimport *
 
 include "common.pxi"
 include "rr.pxi"
+include "wrr.pxi"
+include "leastconn.pxi"
+include "locality.pxi"
+include "sh.pxi"
+include "mh.pxi"
+include "twos.pxi"
 
-# Built-in schedulers, in the order `lvs_sched_names` reports them.
-cdef const lvs_scheduler *lvs_builtin_schedulers[1]
-lvs_builtin_schedulers[0] = &lvs_sched_rr
-cdef int lvs_num_builtin_schedulers = 1
+# Built-in schedulers, in the order `lvs_sched_names` reports them (the kernel's module list).
+cdef enum:
+    LVS_NUM_BUILTIN_SCHEDULERS = 14
+cdef const lvs_scheduler *lvs_builtin_schedulers[LVS_NUM_BUILTIN_SCHEDULERS]
+lvs_builtin_schedulers[:] = [&lvs_sched_rr, &lvs_sched_wrr, &lvs_sched_lc, &lvs_sched_wlc,
+                             &lvs_sched_lblc, &lvs_sched_lblcr, &lvs_sched_dh, &lvs_sched_sh,
+                             &lvs_sched_sed, &lvs_sched_nq, &lvs_sched_fo, &lvs_sched_ovf,
+                             &lvs_sched_mh, &lvs_sched_twos]
+cdef int lvs_num_builtin_schedulers = LVS_NUM_BUILTIN_SCHEDULERS
 
 
 cdef const lvs_scheduler *lvs_find_scheduler(const char *name) noexcept nogil:

@@ -19,11 +19,11 @@ cdef struct lvs_dest_key:
     uint8_t af
 
 
-# Open-addressing hash of dest keys -> index in svc.dests; built per update, never per packet.
-cdef struct lvs_dest_index:
-    int32_t *slots            # -1 = empty, else index into the dests array it was built from
+# Open-addressing hash of an array of dest keys -> position; built per update, never per packet.
+cdef struct lvs_key_index:
+    int32_t *slots            # -1 = empty, else a position in `keys`
     uint32_t mask
-    const lvs_dest *dests
+    const lvs_dest_key *keys
 
 
 cdef inline uint32_t lvs_ntohl_bytes(const uint8_t *p) noexcept nogil:
@@ -82,52 +82,112 @@ cdef inline void lvs_dest_key_of(lvs_dest_key *key, const lvs_dest *d) noexcept 
     key.af = d.af
 
 
-cdef inline bint lvs_dest_matches(const lvs_dest *d, const lvs_dest_key *key) noexcept nogil:
-    return d.port == key.port and d.af == key.af and memcmp(d.addr, key.addr, 16) == 0
+cdef inline bint lvs_key_equal(const lvs_dest_key *a, const lvs_dest_key *b) noexcept nogil:
+    return a.port == b.port and a.af == b.af and memcmp(a.addr, b.addr, 16) == 0
 
 
-cdef inline uint32_t lvs_dest_key_hash(const uint8_t *addr, uint16_t port) noexcept nogil:
-    cdef uint32_t h = lvs_addr_fold(10, addr) ^ (<uint32_t>port * <uint32_t>0x9E3779B1)
-    return h * <uint32_t>0x61C88647 ^ (h >> 15)
+cdef inline uint32_t lvs_key_hash(const lvs_dest_key *key) noexcept nogil:
+    cdef uint32_t h = lvs_addr_fold(10, key.addr) ^ (<uint32_t>key.port * <uint32_t>0x9E3779B1)
+    return (h * <uint32_t>0x61C88647) ^ (h >> 15)
 
 
-cdef int lvs_dest_index_build(lvs_dest_index *ix, const lvs_service *svc) noexcept nogil:
-    """Index svc.dests by identity; 0 or -1 when out of memory (ix left empty)."""
+cdef int lvs_keys_of(const lvs_service *svc, lvs_dest_key **out) noexcept nogil:
+    """Snapshot the identities of svc.dests into a new array (*out = NULL when empty); -1 = OOM."""
+    cdef uint32_t i
+    cdef lvs_dest_key *keys = NULL
+    if svc.num_dests:
+        keys = <lvs_dest_key *>malloc(svc.num_dests * sizeof(lvs_dest_key))
+        if keys == NULL:
+            return -1
+        for i in range(svc.num_dests):
+            lvs_dest_key_of(&keys[i], &svc.dests[i])
+    out[0] = keys
+    return 0
+
+
+cdef int lvs_key_index_build(lvs_key_index *ix, const lvs_dest_key *keys, uint32_t count) noexcept nogil:
+    """Index `count` keys by identity; -1 when out of memory."""
     cdef uint32_t size = 16
     cdef uint32_t i, slot
-    while size < svc.num_dests * 2:
+    while size < count * 2:
         size <<= 1
+    ix.keys = keys
     ix.slots = <int32_t *>malloc(size * sizeof(int32_t))
-    ix.dests = svc.dests
     if ix.slots == NULL:
         ix.mask = 0
         return -1
     ix.mask = size - 1
     memset(ix.slots, 0xFF, size * sizeof(int32_t))
-    for i in range(svc.num_dests):
-        slot = lvs_dest_key_hash(svc.dests[i].addr, svc.dests[i].port) & ix.mask
+    for i in range(count):
+        slot = lvs_key_hash(&keys[i]) & ix.mask
         while ix.slots[slot] >= 0:
             slot = (slot + 1) & ix.mask
         ix.slots[slot] = <int32_t>i
     return 0
 
 
-cdef int32_t lvs_dest_index_find(const lvs_dest_index *ix, const lvs_dest_key *key) noexcept nogil:
-    """Index of the dest with this identity, or -1."""
+cdef int32_t lvs_key_index_find(const lvs_key_index *ix, const lvs_dest_key *key) noexcept nogil:
+    """Position of the key with this identity, or -1."""
     cdef uint32_t slot
     cdef int32_t i
     if ix.slots == NULL:
         return -1
-    slot = lvs_dest_key_hash(key.addr, key.port) & ix.mask
+    slot = lvs_key_hash(key) & ix.mask
     while True:
         i = ix.slots[slot]
         if i < 0:
             return -1
-        if lvs_dest_matches(&ix.dests[i], key):
+        if lvs_key_equal(&ix.keys[i], key):
             return i
         slot = (slot + 1) & ix.mask
 
 
-cdef void lvs_dest_index_free(lvs_dest_index *ix) noexcept nogil:
+cdef void lvs_key_index_free(lvs_key_index *ix) noexcept nogil:
     free(ix.slots)
     ix.slots = NULL
+
+
+# Hooks of schedulers that keep no state (lc, wlc, sed, nq, fo, ovf).
+cdef int lvs_stateless_init(lvs_service *svc) noexcept nogil:
+    svc.sched_data = NULL
+    return 0
+
+
+cdef int lvs_stateless_update(lvs_service *svc) noexcept nogil:
+    return 0
+
+
+cdef void lvs_stateless_done(lvs_service *svc) noexcept nogil:
+    svc.sched_data = NULL
+
+
+# The wlc-family search (ip_vs_wlc.c): the first usable dest, then any with a strictly lower
+# overhead/weight, compared as h1*w2 > h2*w1.  use_sed_overhead picks sed's activeconns + 1.
+cdef inline int64_t lvs_family_overhead(const lvs_dest *d, bint use_sed_overhead) noexcept nogil:
+    if use_sed_overhead:
+        return <int64_t>d.activeconns + 1
+    return lvs_conn_overhead(d)
+
+
+cdef int lvs_weighted_least(const lvs_service *svc, bint use_sed_overhead) noexcept nogil:
+    cdef int64_t n = svc.num_dests
+    cdef int64_t i, least = -1
+    cdef int64_t loh = 0, doh
+    cdef const lvs_dest *d
+    for i in range(n):
+        d = &svc.dests[i]
+        if not lvs_dest_overloaded(d) and d.weight > 0:
+            least = i
+            loh = lvs_family_overhead(d, use_sed_overhead)
+            break
+    if least < 0:
+        return -1
+    for i in range(least + 1, n):
+        d = &svc.dests[i]
+        if lvs_dest_overloaded(d):
+            continue
+        doh = lvs_family_overhead(d, use_sed_overhead)
+        if loh * d.weight > doh * svc.dests[least].weight:
+            least = i
+            loh = doh
+    return <int>least

@@ -14,49 +14,42 @@ cdef struct lvs_rr_state:
     uint32_t num_keys
 
 
-cdef int lvs_rr_snapshot(lvs_rr_state *st, const lvs_service *svc) noexcept nogil:
-    cdef uint32_t i
-    cdef lvs_dest_key *keys = NULL
-    if svc.num_dests:
-        keys = <lvs_dest_key *>malloc(svc.num_dests * sizeof(lvs_dest_key))
-        if keys == NULL:
-            return -1
-        for i in range(svc.num_dests):
-            lvs_dest_key_of(&keys[i], &svc.dests[i])
-    free(st.keys)
-    st.keys = keys
-    st.num_keys = svc.num_dests
-    return 0
-
-
 cdef int lvs_rr_init(lvs_service *svc) noexcept nogil:
     cdef lvs_rr_state *st = <lvs_rr_state *>calloc(1, sizeof(lvs_rr_state))
     if st == NULL:
         return -1
     st.cursor = -1
-    if lvs_rr_snapshot(st, svc) < 0:
+    if lvs_keys_of(svc, &st.keys) < 0:
         free(st)
         return -1
+    st.num_keys = svc.num_dests
     svc.sched_data = st
     return 0
 
 
 cdef int lvs_rr_update(lvs_service *svc) noexcept nogil:
     cdef lvs_rr_state *st = <lvs_rr_state *>svc.sched_data
-    cdef lvs_dest_index ix
+    cdef lvs_dest_key *keys
+    cdef lvs_key_index ix
     cdef int64_t i, found = -1
-    if lvs_dest_index_build(&ix, svc) < 0:
+    if lvs_keys_of(svc, &keys) < 0:
+        return -1
+    if lvs_key_index_build(&ix, keys, svc.num_dests) < 0:
+        free(keys)
         return -1
     # The cursor's dest, or the nearest surviving dest before it in the old list.
     i = st.cursor
     while i >= 0 and i < st.num_keys:
-        found = lvs_dest_index_find(&ix, &st.keys[i])
+        found = lvs_key_index_find(&ix, &st.keys[i])
         if found >= 0:
             break
         i -= 1
-    lvs_dest_index_free(&ix)
+    lvs_key_index_free(&ix)
+    free(st.keys)
+    st.keys = keys
+    st.num_keys = svc.num_dests
     st.cursor = found
-    return lvs_rr_snapshot(st, svc)
+    return 0
 
 
 cdef void lvs_rr_done(lvs_service *svc) noexcept nogil:

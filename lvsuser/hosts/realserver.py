@@ -475,10 +475,17 @@ def apply(mode: str, vips: list[str], director: str | None, say=print) -> dict:
     vips, director = validate(mode, vips, director)
     existing = load_state()
     if existing is not None:
-        if (existing.get("mode"), existing.get("vips"), existing.get("director")) == \
-                (mode, vips, director) and not check(mode, vips, director):
+        same = (existing.get("mode"), existing.get("vips"), existing.get("director")) == \
+            (mode, vips, director)
+        if same and not check(mode, vips, director):
             say(f"realserver {mode}: already configured, nothing to do")
             return existing
+        if same:
+            # configured once, then broken by hand: go back to the original state and redo,
+            # so the journal still describes the way back to what was there before
+            say(f"realserver {mode}: configured before but something is wrong; redoing it")
+            undo(say=lambda text: None)
+            return apply(mode, vips, director, say)
         raise RealServerError(
             f"this host is already configured as a real server ({existing.get('mode')}, state in "
             f"{state_path()}); run 'lvsuser realserver {existing.get('mode')} --undo' first")

@@ -313,11 +313,20 @@ def link_up(ns: str, ifname: str) -> None:
         ipr.link("set", index=_ifindex(ipr, ns, ifname), state="up")
 
 
-def addr(ns: str, ifname: str, cidr: str) -> None:
-    """Add address CIDR ('198.18.0.1/24', '2001:db8::1/64') to IFNAME in NS."""
+def addr(ns: str, ifname: str, cidr: str, label: str | None = None) -> None:
+    """Add address CIDR ('198.18.0.1/24', '2001:db8::1/64') to IFNAME in NS, optionally with an
+    IPv4 LABEL such as 'eth0:0' (what `ifconfig eth0:0 ...` creates)."""
     address, length = _split_cidr(cidr)
+    extra = {"label": label} if label else {}
     with IPRoute(netns=ns) as ipr:
-        ipr.addr("add", index=_ifindex(ipr, ns, ifname), address=address, prefixlen=length)
+        ipr.addr("add", index=_ifindex(ipr, ns, ifname), address=address, prefixlen=length,
+                 **extra)
+
+
+def set_mac(ns: str, ifname: str, mac_address: str) -> None:
+    """Give IFNAME in NS a fixed MAC (lab printouts name hosts by MAC)."""
+    with IPRoute(netns=ns) as ipr:
+        ipr.link("set", index=_ifindex(ipr, ns, ifname), address=mac_address)
 
 
 def route(ns: str, dst: str, gateway: str | None = None, dev: str | None = None) -> None:
@@ -423,9 +432,10 @@ class Topology:
                 signal.signal(signal.SIGINT, previous)
 
     # namespaces -----------------------------------------------------------
-    def add_ns(self, role: str) -> str:
-        """Create a fresh namespace for ROLE; returns its unique name."""
-        name = unique_name(f"{self.prefix}{role}")
+    def add_ns(self, role: str, name: str | None = None) -> str:
+        """Create a fresh namespace for ROLE; returns its unique name. NAME overrides the
+        generated name (the caller then answers for its uniqueness)."""
+        name = name or unique_name(f"{self.prefix}{role}")
         self.namespaces.append(name)  # recorded first: a failed create is still cleaned up
         create(name)
         return name
@@ -442,6 +452,7 @@ class Topology:
     bridge = staticmethod(bridge)
     link_up = staticmethod(link_up)
     addr = staticmethod(addr)
+    set_mac = staticmethod(set_mac)
     route = staticmethod(route)
     sysctl = staticmethod(sysctl)
     mac = staticmethod(mac)

@@ -253,6 +253,11 @@ def test_second_apply_of_another_mode_is_refused(host):
     assert realserver(host, "dr", "--vip", VIP).returncode == 0
     again = realserver(host, "dr", "--vip", VIP)
     assert again.returncode == 0 and "already configured" in again.stdout
+    netns.sysctl(host.rs, "net.ipv4.conf.all.arp_ignore", 0)  # broken by hand: redo repairs
+    repaired = realserver(host, "dr", "--vip", VIP)
+    assert repaired.returncode == 0 and "redoing" in repaired.stdout
+    assert sysctl(host, "net.ipv4.conf.all.arp_ignore") == "1"
+    assert realserver(host, "dr", "--check").returncode == 0
     other = realserver(host, "nat", "--director", DIP)
     assert other.returncode == 1 and "--undo" in other.stderr
     assert realserver(host, "dr", "--undo").returncode == 0

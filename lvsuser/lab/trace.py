@@ -205,6 +205,9 @@ class Namer:
         return self.addresses.get(address, address)
 
 
+NO_NAMES = Namer({}, {})
+
+
 def describe_ip(layers, namer: Namer) -> list[str]:
     """tcpdump-like lines for the IP header(s); an inner packet is indented under its outer."""
     from scapy.layers.inet import TCP
@@ -262,25 +265,52 @@ def what_changed(previous, current, prev_frame: Frame, frame: Frame, namer: Name
     return notes
 
 
+def _same_on_the_wire(sent, received) -> bool:
+    """True if RECEIVED is SENT after crossing one wire: out on one host, in on another, same
+    link layer and IP header(s)."""
+    (frame_a, packet_a), (frame_b, packet_b) = sent, received
+    if frame_a.direction != "out" or frame_b.direction != "in" or frame_a.host == frame_b.host:
+        return False
+    if frame_a.link != frame_b.link:
+        return False
+    if frame_a.link == "ether" and (packet_a.src, packet_a.dst) != (packet_b.src, packet_b.dst):
+        return False
+    return describe_ip(ip_layers(packet_a), NO_NAMES) == describe_ip(ip_layers(packet_b), NO_NAMES)
+
+
 def render_hops(title: str, hops: list, namer: Namer) -> list[str]:
+    """One entry per wire crossed ('client:eth0 -> director:eth0') or per single capture point,
+    with the link layer, the IP header(s) and what changed since the entry before."""
     lines = [f"  {title}"]
     if not hops:
         lines.append("    (not captured)")
         return lines
+    entries = []
+    index = 0
+    while index < len(hops):
+        if index + 1 < len(hops) and _same_on_the_wire(hops[index], hops[index + 1]):
+            entries.append((hops[index], hops[index + 1]))
+            index += 2
+        else:
+            entries.append((hops[index], None))
+            index += 1
     previous = None
-    for number, (frame, packet) in enumerate(hops, 1):
+    for first, second in entries:
+        frame, packet = first
         where = f"{frame.host}:{frame.ifname} {frame.direction}"
+        if second is not None:
+            where = f"{frame.host}:{frame.ifname} -> {second[0].host}:{second[0].ifname}"
         if frame.link == "ether":
             link = f"{namer.mac(packet.src)} > {namer.mac(packet.dst)}"
         else:
             link = "no link layer (TUN device)"
-        lines.append(f"   {number:>2}. {where:<20} {link}")
+        lines.append(f"    {where:<30} {link}")
         for text in describe_ip(ip_layers(packet), namer):
-            lines.append(f"         {text}")
+            lines.append(f"        {text}")
         if previous is not None:
             for note in what_changed(previous[1], packet, previous[0], frame, namer):
-                lines.append(f"         ^ {note}")
-        previous = (frame, packet)
+                lines.append(f"        ^ {note}")
+        previous = second or first
     return lines
 
 

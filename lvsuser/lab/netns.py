@@ -232,9 +232,12 @@ def run(name: str, argv: Sequence[str], timeout: float = 30.0, check: bool = Fal
         kwargs.setdefault("stdout", subprocess.PIPE)
         kwargs.setdefault("stderr", subprocess.PIPE)
     kwargs.setdefault("text", True)
+    stdin_data = kwargs.pop("input", None)
+    if stdin_data is not None:
+        kwargs["stdin"] = subprocess.PIPE
     proc = popen(name, argv, **kwargs)
     try:
-        out, err = proc.communicate(timeout=timeout)
+        out, err = proc.communicate(input=stdin_data, timeout=timeout)
     except BaseException:
         _stop_process(proc)
         raise

@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dr: first show what happens when real servers answer ARP for the VIP")
     parser.add_argument("--requests", type=int, default=4, metavar="N",
                         help="requests the client sends (default 4)")
+    parser.add_argument("--captures", metavar="DIR",
+                        help="also save each host's raw capture (JSON lines, one frame each) in DIR")
     return parser
 
 
@@ -165,7 +167,8 @@ def _is_syn_from(frame: trace.Frame, ports: set) -> bool:
     return tcp is not None and tcp.sport in ports and int(tcp.flags) & 0x12 == 0x02
 
 
-def run_lab(mode: str, keep: bool, broken: str | None, count: int) -> int:
+def run_lab(mode: str, keep: bool, broken: str | None, count: int,
+            captures: str | None = None) -> int:
     plan = plan_for(mode)
     if broken == "arp" and mode != "dr":
         print("lvsuser lab: --broken arp shows a DR problem; use `lvsuser lab dr --broken arp`",
@@ -189,6 +192,8 @@ def run_lab(mode: str, keep: bool, broken: str | None, count: int) -> int:
             if broken == "arp":
                 broken_arp_demo(lab, plan, count)
             answers, frames = run_requests(lab, plan, count)
+            if captures:
+                lab.save_captures(captures)
             tally = print_answers(plan, answers)
             if broken == "arp":
                 print("  ARP for the VIP, as the client saw it:")
@@ -244,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.id:
         print("lvsuser lab: an id is only taken by `lvsuser lab down`", file=sys.stderr)
         return 2
-    return run_lab(args.mode, args.keep, args.broken, args.requests)
+    return run_lab(args.mode, args.keep, args.broken, args.requests, args.captures)
 
 
 if __name__ == "__main__":

@@ -227,6 +227,12 @@ class Lab:
             frames += trace.load_capture(role, os.path.join(self.dir, f"capture-{role}.jsonl"))
         return frames
 
+    def save_captures(self, target: str) -> None:
+        os.makedirs(target, exist_ok=True)
+        for name in os.listdir(self.dir):
+            if name.startswith("capture-"):
+                shutil.copy(os.path.join(self.dir, name), os.path.join(target, name))
+
     def send_requests(self, count: int) -> list[dict]:
         result = netns.run(self.ns["client"],
                            [PYTHON, "-m", "lvsuser.lab.client", "--url-host", self.plan.vip,

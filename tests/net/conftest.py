@@ -23,7 +23,7 @@ from lvsuser.lab.netns import Topology  # noqa: E402  (after the root check)
 # stall in a namespace without DNS).
 REALSERVER_PROGRAM = r"""
 import socket, socketserver, sys, threading
-name, addr, http_port, echo_port, udp_port = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+name, addr, http_port, echo_port, udp_port, udp_addr = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
 family = socket.AF_INET6 if ":" in addr else socket.AF_INET
 
 class HTTP(socketserver.StreamRequestHandler):
@@ -63,7 +63,7 @@ class TCPServer(socketserver.ThreadingTCPServer):
 class UDPServer(socketserver.UDPServer):
     address_family = family
 
-servers = [TCPServer((addr, http_port), HTTP), TCPServer((addr, echo_port), Echo), UDPServer((addr, udp_port), UDP)]
+servers = [TCPServer((addr, http_port), HTTP), TCPServer((addr, echo_port), Echo), UDPServer((udp_addr, udp_port), UDP)]
 for s in servers[1:]:
     threading.Thread(target=s.serve_forever, daemon=True).start()
 print("ready", flush=True)
@@ -72,10 +72,13 @@ servers[0].serve_forever()
 
 
 def start_realserver(topo: Topology, ns: str, name: str, addr: str, http_port: int = 80,
-                     echo_port: int = 9000, udp_port: int = 5353):
-    """Start the real-server program in NS bound to ADDR; returns once it listens."""
+                     echo_port: int = 9000, udp_port: int = 5353, udp_addr: str | None = None):
+    """Start the real-server program in NS bound to ADDR; returns once it listens.
+
+    UDP answers leave from the socket's own address, not from the one the request was sent to,
+    so DR and TUN real servers must bind UDP to the VIP (UDP_ADDR), as such servers do."""
     proc = topo.popen(ns, [sys.executable, "-c", REALSERVER_PROGRAM, name, addr, str(http_port),
-                           str(echo_port), str(udp_port)],
+                           str(echo_port), str(udp_port), udp_addr or addr],
                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     if line.strip() != "ready":

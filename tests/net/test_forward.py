@@ -1,0 +1,358 @@
+"""End to end in namespaces: the guide's three LVS modes through `lvsuser run`.
+
+Each test builds the guide's hosts as namespaces (client, director, rs1, rs2, and a switch
+namespace holding the bridge of a shared segment), starts real servers that answer with their own
+name, runs `python3 -m lvsuser run --control SOCK` in the director, configures it with the guide's
+`ipvsadm` lines through `python3 -m lvsuser ipvsadm`, and then checks, with real clients:
+
+  * HTTP with curl succeeds and round robin alternates between the real servers, newest first;
+  * a long-lived TCP connection stays on one real server while others come and go;
+  * a UDP request gets its answer;
+  * the client only ever sees the VIP (a capture in the client namespace, decoded with scapy);
+  * the director's own kernel sends nothing for the VIP: no RST, no ICMP, no un-rewritten NAT
+    reply (a capture of what the director's kernel transmits: our AF_PACKET TX ring bypasses the
+    qdisc layer and so never shows up in it; with --io tun the device is left out of it).
+
+Addresses: client net 198.18.0.0/24, real-server net 198.18.1.0/24 (NAT); one segment
+198.18.2.0/24 for DR and TUN, as in the guide.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lvsuser.lab import netns
+
+from .conftest import start_realserver, wait_for
+
+scapy_all = pytest.importorskip("scapy.all")
+
+LVSUSER = [sys.executable, "-m", "lvsuser"]
+
+
+def _tool_available(argv) -> bool:
+    try:
+        return subprocess.run(argv, capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope="module")
+def lvsuser_ready():
+    if not _tool_available(LVSUSER + ["run", "--help"]):
+        pytest.skip("`lvsuser run` is not available yet")
+    if not _tool_available(["nft", "--version"]) or not _tool_available(["tcpdump", "--version"]):
+        pytest.skip("nft and tcpdump are needed (tools/setup.sh installs them)")
+
+
+class Director:
+    """`lvsuser run` in the director namespace, and `lvsuser ipvsadm` talking to it."""
+
+    def __init__(self, topo: netns.Topology, ns: str, sock_path: str, io: str = "afpacket"):
+        self.topo, self.ns, self.sock, self.io = topo, ns, sock_path, io
+        self.proc = None
+        self.log_path = sock_path + ".log"
+
+    def start(self) -> None:
+        log = open(self.log_path, "w")
+        started = time.monotonic()
+        self.proc = self.topo.popen(self.ns, LVSUSER + ["run", "--control", self.sock, "--io", self.io],
+                                    stdout=log, stderr=subprocess.STDOUT)
+        ok = wait_for(lambda: self.proc.poll() is not None or (
+            os.path.exists(self.sock) and self.ipvsadm("-Ln", check=False).returncode == 0),
+            timeout=10)
+        if not ok or self.proc.poll() is not None:
+            raise AssertionError(f"lvsuser run did not come up:\n{self.log()}")
+        self.startup_seconds = time.monotonic() - started
+
+    def ipvsadm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        env = dict(os.environ, LVSUSER_CONTROL=self.sock)
+        result = self.topo.run(self.ns, LVSUSER + ["ipvsadm", *args], env=env, timeout=20)
+        if check and result.returncode != 0:
+            raise AssertionError(f"ipvsadm {' '.join(args)} failed: {result.stderr}{self.log()}")
+        return result
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path) as f:
+                return f.read()[-4000:]
+        except OSError:
+            return ""
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.terminate()
+        try:
+            return self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(timeout=5)
+
+
+class Capture:
+    """tcpdump writing a pcap in one namespace; read back with scapy."""
+
+    def __init__(self, topo, ns, ifname, path, direction=None, bpf="ip"):
+        argv = ["tcpdump", "-U", "-n", "-s", "256", "-i", ifname, "-w", path]
+        if direction:
+            argv += ["-Q", direction]
+        self.path = path
+        self.proc = topo.popen(ns, argv + [bpf], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # tcpdump says "listening on" once its socket is open
+        line = self.proc.stderr.readline().decode(errors="replace")
+        if "listening" not in line:
+            raise AssertionError(f"tcpdump did not start: {line}")
+
+    def packets(self):
+        time.sleep(0.3)  # let -U flush the last packets
+        self.proc.terminate()
+        self.proc.wait(timeout=5)
+        if not os.path.exists(self.path) or os.path.getsize(self.path) == 0:
+            return []
+        return list(scapy_all.rdpcap(self.path))
+
+
+# --------------------------------------------------------------------------- topologies
+
+VIP_NAT = "198.18.0.10"
+VIP_SEG = "198.18.2.100"
+
+
+def build_nat(topo, local_vip=True):
+    """Guide's NAT: client -- director (VIP, DIP) -- switch -- rs1, rs2 (gateway: DIP)."""
+    cl, dr, sw = topo.add_ns("cl"), topo.add_ns("dr"), topo.add_ns("sw")
+    rs = [topo.add_ns("rsa"), topo.add_ns("rsb")]
+    topo.veth(cl, "eth0", dr, "eth0")
+    topo.veth(dr, "eth1", sw, "p0")
+    topo.veth(rs[0], "eth0", sw, "p1")
+    topo.veth(rs[1], "eth0", sw, "p2")
+    topo.bridge(sw, "br0", ["p0", "p1", "p2"])
+    topo.addr(cl, "eth0", "198.18.0.2/24")
+    topo.addr(dr, "eth0", "198.18.0.1/24")
+    if local_vip:
+        topo.addr(dr, "eth0", f"{VIP_NAT}/32")
+    topo.addr(dr, "eth1", "198.18.1.1/24")
+    topo.route(cl, "default", "198.18.0.1")
+    topo.sysctl(dr, "net.ipv4.ip_forward", 1)
+    for n, ns in enumerate(rs):
+        topo.addr(ns, "eth0", f"198.18.1.{11 + n}/24")
+        realserver(topo, ns, "nat", "--director", "198.18.1.1")
+    return cl, dr, rs
+
+
+def build_segment(topo, mode, local_vip=True):
+    """Guide's DR and TUN: client, director, rs1, rs2 on one segment (a bridge in `sw`)."""
+    cl, dr, sw = topo.add_ns("cl"), topo.add_ns("dr"), topo.add_ns("sw")
+    rs = [topo.add_ns("rsa"), topo.add_ns("rsb")]
+    hosts = [(cl, "198.18.2.2"), (dr, "198.18.2.1"), (rs[0], "198.18.2.11"), (rs[1], "198.18.2.12")]
+    for n, (ns, address) in enumerate(hosts):
+        topo.veth(ns, "eth0", sw, f"p{n}")
+        topo.addr(ns, "eth0", f"{address}/24")
+    topo.bridge(sw, "br0", [f"p{n}" for n in range(len(hosts))])
+    if local_vip:
+        topo.addr(dr, "eth0", f"{VIP_SEG}/32")  # the guide's eth0:0
+    for ns in rs:
+        realserver(topo, ns, mode, "--vip", VIP_SEG)
+    return cl, dr, rs
+
+
+def realserver(topo, ns, mode, *args):
+    result = topo.run(ns, LVSUSER + ["realserver", mode, *args], timeout=30)
+    if result.returncode != 0:
+        raise AssertionError(f"lvsuser realserver {mode} failed: {result.stdout}{result.stderr}")
+
+
+# --------------------------------------------------------------------------- client actions
+
+def curl_names(topo, cl, url, count):
+    names = []
+    for _ in range(count):
+        result = topo.run(cl, ["curl", "-s", "-m", "5", url], timeout=10)
+        names.append(result.stdout.strip() or f"<curl exit {result.returncode}>")
+    return names
+
+
+UDP_CLIENT = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+for attempt in range(3):
+    s.sendto(b"ping", (sys.argv[1], int(sys.argv[2])))
+    try:
+        data, peer = s.recvfrom(2048)
+        print(data.decode(), peer[0])
+        break
+    except socket.timeout:
+        continue
+"""
+
+LONG_CLIENT = r"""
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+f = s.makefile("rwb")
+for n in range(int(sys.argv[3])):
+    f.write(b"line%d\n" % n); f.flush()
+    print(f.readline().decode().strip(), flush=True)
+    time.sleep(0.2)
+"""
+
+
+def check_client_sees_only_vip(packets, client_ip, vip):
+    """Every IPv4 packet reaching the client from outside comes from the VIP."""
+    foreign = [p for p in packets if p.haslayer(scapy_all.IP) and p[scapy_all.IP].dst == client_ip
+               and p[scapy_all.IP].src != vip]
+    assert not foreign, f"client saw packets not from the VIP: {[p.summary() for p in foreign[:5]]}"
+    from_vip = [p for p in packets if p.haslayer(scapy_all.IP) and p[scapy_all.IP].src == vip]
+    assert from_vip, "the capture saw no answer from the VIP at all"
+
+
+def check_director_kernel_silent(packets, vip, rips, routes_our_output=False):
+    """What the director's kernel sent: nothing from the VIP, no RST, no ICMP, no raw NAT reply.
+
+    With --io tun the kernel routes what the core wrote into the TUN device, so packets from the
+    VIP are expected there; un-rewritten replies, RSTs and ICMP still are not."""
+    bad = []
+    for p in packets:
+        if not p.haslayer(scapy_all.IP):
+            continue
+        ip = p[scapy_all.IP]
+        if (ip.src == vip and not routes_our_output) or ip.src in rips:
+            bad.append(p)
+        elif p.haslayer(scapy_all.TCP) and p[scapy_all.TCP].flags & 0x04:
+            bad.append(p)
+        elif p.haslayer(scapy_all.ICMP):
+            bad.append(p)
+    assert not bad, f"the director's kernel answered: {[p.summary() for p in bad[:5]]}"
+
+
+def exercise(topo, tmp_path, director, cl, dr, rs, vip, client_ip, director_ifs, rips,
+             routes_our_output=False):
+    """The checks every mode shares; returns nothing, asserts everything."""
+    for n, ns in enumerate(rs):
+        # NAT real servers answer from their own address (the director rewrites it); DR and
+        # TUN real servers must answer from the VIP themselves.
+        start_realserver(topo, ns, f"rs{n + 1}", "0.0.0.0", udp_addr="0.0.0.0" if rips else vip)
+    client_cap = Capture(topo, cl, "eth0", str(tmp_path / "client.pcap"))
+    kernel_caps = [Capture(topo, dr, ifname, str(tmp_path / f"dir-{ifname}.pcap"), direction="out")
+                   for ifname in director_ifs]
+
+    names = curl_names(topo, cl, f"http://{vip}/", 6)
+    # rr over [rs2, rs1] (kernel list order: newest first) alternates, starting with rs2
+    assert names == ["rs2", "rs1"] * 3, names
+
+    long_proc = topo.popen(cl, [sys.executable, "-c", LONG_CLIENT, vip, "9000", "10"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    more = curl_names(topo, cl, f"http://{vip}/", 4)
+    out, err = long_proc.communicate(timeout=20)
+    lines = out.split()
+    echoed = [w for w in lines if w.startswith("rs")]
+    assert len(echoed) == 10 and len(set(echoed)) == 1, (out, err)
+    assert set(more) == {"rs1", "rs2"}, more
+
+    udp = topo.run(cl, [sys.executable, "-c", UDP_CLIENT, vip, "5353"], timeout=15)
+    words = udp.stdout.split()
+    assert len(words) == 3 and words[0] in ("rs1", "rs2") and words[1] == "ping", udp
+    assert words[2] == vip, f"UDP answer came from {words[2]}, not the VIP"
+
+    big = topo.run(cl, ["curl", "-s", "-m", "10", "-o", "/dev/null", "-w", "%{size_download}",
+                        f"http://{vip}/bytes/2000000"], timeout=15)
+    assert big.stdout == "2000000", big
+
+    listing = director.ipvsadm("-Ln").stdout
+    assert vip in listing
+
+    check_client_sees_only_vip(client_cap.packets(), client_ip, vip)
+    for cap in kernel_caps:
+        check_director_kernel_silent(cap.packets(), vip, rips, routes_our_output)
+
+
+@pytest.fixture
+def sock_path(tmp_path):
+    return str(tmp_path / "control.sock")
+
+
+def test_nat(topo, tmp_path, sock_path, lvsuser_ready):
+    cl, dr, rs = build_nat(topo)
+    director = Director(topo, dr, sock_path)
+    director.start()
+    assert director.startup_seconds < 3, director.startup_seconds
+    try:
+        director.ipvsadm("-A", "-t", f"{VIP_NAT}:80", "-s", "rr")
+        director.ipvsadm("-a", "-t", f"{VIP_NAT}:80", "-r", "198.18.1.11:80", "-m")
+        director.ipvsadm("-a", "-t", f"{VIP_NAT}:80", "-r", "198.18.1.12:80", "-m")
+        director.ipvsadm("-A", "-t", f"{VIP_NAT}:9000", "-s", "rr")
+        director.ipvsadm("-a", "-t", f"{VIP_NAT}:9000", "-r", "198.18.1.11:9000", "-m")
+        director.ipvsadm("-a", "-t", f"{VIP_NAT}:9000", "-r", "198.18.1.12:9000", "-m")
+        director.ipvsadm("-A", "-u", f"{VIP_NAT}:5353", "-s", "rr")
+        director.ipvsadm("-a", "-u", f"{VIP_NAT}:5353", "-r", "198.18.1.11:5353", "-m")
+        director.ipvsadm("-a", "-u", f"{VIP_NAT}:5353", "-r", "198.18.1.12:5353", "-m")
+        exercise(topo, tmp_path, director, cl, dr, rs, VIP_NAT, "198.18.0.2", ["eth0", "eth1"],
+                 {"198.18.1.11", "198.18.1.12"})
+    finally:
+        assert director.stop() == 0, director.log()
+    # the guard is gone with the director
+    tables = topo.run(dr, ["nft", "list", "tables"]).stdout
+    assert "lvsuser_" not in tables, tables
+
+
+def _segment_services(director, method):
+    for port, proto in ((80, "-t"), (9000, "-t"), (5353, "-u")):
+        director.ipvsadm("-A", proto, f"{VIP_SEG}:{port}", "-s", "rr")
+        director.ipvsadm("-a", proto, f"{VIP_SEG}:{port}", "-r", "198.18.2.11", method)
+        director.ipvsadm("-a", proto, f"{VIP_SEG}:{port}", "-r", "198.18.2.12", method)
+
+
+@pytest.mark.parametrize("local_vip", [True, False], ids=["vip-on-director", "vip-answered-by-core"])
+def test_dr(topo, tmp_path, sock_path, lvsuser_ready, local_vip):
+    cl, dr, rs = build_segment(topo, "dr", local_vip=local_vip)
+    director = Director(topo, dr, sock_path)
+    director.start()
+    try:
+        _segment_services(director, "-g")
+        exercise(topo, tmp_path, director, cl, dr, rs, VIP_SEG, "198.18.2.2", ["eth0"], set())
+    finally:
+        assert director.stop() == 0, director.log()
+
+
+def test_tun(topo, tmp_path, sock_path, lvsuser_ready):
+    cl, dr, rs = build_segment(topo, "tun")
+    director = Director(topo, dr, sock_path)
+    director.start()
+    try:
+        _segment_services(director, "-i")
+        exercise(topo, tmp_path, director, cl, dr, rs, VIP_SEG, "198.18.2.2", ["eth0"], set())
+    finally:
+        assert director.stop() == 0, director.log()
+
+
+@pytest.mark.parametrize("mode", ["nat", "tun"])
+def test_io_tun(topo, tmp_path, sock_path, lvsuser_ready, mode):
+    """`--io tun`: the kernel routes VIP traffic (and NAT replies) through the director's TUN device."""
+    if mode == "nat":
+        cl, dr, rs = build_nat(topo)
+        vip, client_ip, ifs, rips = VIP_NAT, "198.18.0.2", ["eth0", "eth1"], {"198.18.1.11", "198.18.1.12"}
+    else:
+        cl, dr, rs = build_segment(topo, "tun")
+        vip, client_ip, ifs, rips = VIP_SEG, "198.18.2.2", ["eth0"], set()
+    director = Director(topo, dr, sock_path, io="tun")
+    director.start()
+    try:
+        if mode == "nat":
+            for port, proto in ((80, "-t"), (9000, "-t"), (5353, "-u")):
+                director.ipvsadm("-A", proto, f"{vip}:{port}", "-s", "rr")
+                for n in (11, 12):
+                    director.ipvsadm("-a", proto, f"{vip}:{port}", "-r", f"198.18.1.{n}:{port}", "-m")
+        else:
+            _segment_services(director, "-i")
+        exercise(topo, tmp_path, director, cl, dr, rs, vip, client_ip, ifs, rips,
+                 routes_our_output=True)
+    finally:
+        assert director.stop() == 0, director.log()
+    rules = topo.run(dr, ["ip", "rule", "show"]).stdout
+    assert "lookup local" in rules.splitlines()[0], rules

@@ -4,8 +4,10 @@ Like lblc, but each destination address maps to a set of dests (newest first).  
 least-loaded member (weighted least connection among members still in the service) serves unless
 it is "overloaded"; then a fresh pick over all dests is added to the set.  When a set with more
 than one member has not changed for ``expiration`` (24 h), its most loaded member is dropped.
-A member deleted from the service stays in the set, unusable, as in the kernel's trash, and keeps
-the weight and counters it had (its Dest object).
+A member deleted from the service stays in the set, unusable, as in the kernel's trash.  The
+kernel still reads such a dest's weight and (shrinking) connection counts when it picks the most
+loaded member to drop; we have no counts for a dest that left the model, so it keeps the weight
+and overhead it had at the last update() before it left (the C twin does the same).
 """
 from __future__ import annotations
 
@@ -45,52 +47,51 @@ class LocalityLeastConnectionReplicated(Scheduler):
     def __init__(self, service: model.Service):
         super().__init__(service)
         self.table = LocalityTable()
-        self._last_seen: dict[tuple, model.Dest] = {}
+        self._last_seen: dict[tuple, tuple[int, int]] = {}  # key -> (weight, overhead)
         self.update()
 
     def update(self) -> None:
         self._by_key = {dest_key(d): d for d in self.service.dests}
-        self._last_seen.update(self._by_key)
+        self._last_seen.update({k: (d.weight, conn_overhead(d)) for k, d in self._by_key.items()})
         self._forget_unreferenced()
 
-    def _member(self, key: tuple) -> tuple[model.Dest, bool]:
-        """The member's Dest and whether it is still in the service (IP_VS_DEST_F_AVAILABLE)."""
-        dest = self._by_key.get(key)
-        if dest is not None:
-            return dest, True
-        return self._last_seen[key], False
-
     def _set_min(self, entry: LblcrEntry) -> Optional[model.Dest]:
+        """ip_vs_dest_set_min: the weighted least-loaded member still in the service."""
         least = None
         least_overhead = 0
         for key in entry.members:
-            dest, is_available = self._member(key)
-            if overloaded(dest):
-                continue
+            dest = self._by_key.get(key)
+            if dest is None or overloaded(dest):
+                continue  # a departed member is never available
             if least is None:
-                if dest.weight > 0 and is_available:
+                if dest.weight > 0:
                     least = dest
                     least_overhead = conn_overhead(dest)
                 continue
             dest_overhead = conn_overhead(dest)
-            if least_overhead * dest.weight > dest_overhead * least.weight and is_available:
+            if least_overhead * dest.weight > dest_overhead * least.weight:
                 least = dest
                 least_overhead = dest_overhead
         return least
 
+    def _weight_and_overhead(self, key: tuple) -> tuple[int, int]:
+        dest = self._by_key.get(key)
+        if dest is not None:
+            return dest.weight, conn_overhead(dest)
+        return self._last_seen[key]
+
     def _set_max(self, entry: LblcrEntry) -> Optional[tuple]:
-        most = None
+        """ip_vs_dest_set_max: the weighted most-loaded member with weight > 0 (departed too)."""
         most_key = None
-        most_overhead = 0
+        most_weight = most_overhead = 0
         for key in entry.members:
-            dest, _ = self._member(key)
-            if most is None:
-                if dest.weight > 0:
-                    most, most_key, most_overhead = dest, key, conn_overhead(dest)
+            weight, overhead = self._weight_and_overhead(key)
+            if most_key is None:
+                if weight > 0:
+                    most_key, most_weight, most_overhead = key, weight, overhead
                 continue
-            dest_overhead = conn_overhead(dest)
-            if most_overhead * dest.weight < dest_overhead * most.weight and dest.weight > 0:
-                most, most_key, most_overhead = dest, key, dest_overhead
+            if most_overhead * weight < overhead * most_weight and weight > 0:
+                most_key, most_weight, most_overhead = key, weight, overhead
         return most_key
 
     def schedule(self, pkt: PacketInfo, now: float) -> Optional[model.Dest]:

@@ -3,7 +3,8 @@
 State: the current dest ``cl`` (or the list head), the current weight ``cw``, the maximum weight
 ``mw`` and the decrement ``di`` = gcd of the positive weights.  Each pass over the list hands a
 connection to every dest whose weight >= cw, then cw drops by di; when cw would reach 0 it
-restarts at mw.  So weights 4:3:2 give a b a b c a b c a (a, b, c in list order).  Every change of
+restarts at mw.  Starting at cw = mw, weights 4:3:2 give a a b a b c a b c (a, b, c in list
+order).  Every change of
 dests resets ``cl`` to the head, recomputes di and mw = max - (di - 1) and keeps cw on the same
 step of the cycle (rounded onto the new di).  Overloaded dests are passed over; the search gives up
 after checking every dest at weight >= 1 once.

@@ -16,7 +16,8 @@
 #   others drop entries idle for 6 min, from the rover on, only while the table holds > 16384.
 # Dests are remembered by identity and re-found on update_service; an entry whose dest left the
 # service keeps it as unusable (the kernel's trash), so re-adding the dest revives it.  A removed
-# lblcr member keeps the weight and overhead it had at the last update before its removal.
+# lblcr member keeps the weight and overhead it had at the last update before its removal (the
+# kernel reads a trashed dest's live counts; we no longer have them), as the Python twin does.
 
 cdef enum:
     LVS_LOC_TAB_BITS = 10

@@ -2,7 +2,7 @@
 #
 # State: current dest cl (-1 = list head), current weight cw, max weight mw, decrement di (gcd of
 # positive weights).  Each pass over the list serves every dest with weight >= cw, then cw -= di,
-# restarting at mw; so 4:3:2 gives a b a b c a b c a.  Dest changes reset cl to the head and
+# restarting at mw; so 4:3:2 gives a a b a b c a b c.  Dest changes reset cl to the head and
 # re-derive di and mw = max - (di - 1), keeping cw on the same step.  The search stops after every
 # dest has been tried at weight >= 1 once (all overloaded).
 

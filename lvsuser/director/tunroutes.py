@@ -88,14 +88,14 @@ class TunRoutes:
                     if mrule.protocol:
                         rule["ip_proto"] = mrule.protocol
                         if (mrule.dport_lo, mrule.dport_hi) != (0, 65535):
-                            rule["dport_range"] = {"start": mrule.dport_lo, "end": mrule.dport_hi}
+                            rule["dport_range"] = f"{mrule.dport_lo}:{mrule.dport_hi}"
                     add(**rule)
             else:
                 family = socket.AF_INET6 if svc.addr.version == 6 else socket.AF_INET
                 rule = dict(family=family, dst=str(svc.addr), dst_len=svc.addr.max_prefixlen,
                             ip_proto=svc.protocol)
                 if svc.port:
-                    rule["dport_range"] = {"start": svc.port, "end": svc.port}
+                    rule["dport_range"] = f"{svc.port}:{svc.port}"
                 add(**rule)
             for dest in svc.dests:
                 if dest.fwd != model.Forward.MASQ:
@@ -106,7 +106,7 @@ class TunRoutes:
                     rule = dict(family=family, src=str(dest.addr), src_len=dest.addr.max_prefixlen,
                                 ip_proto=proto)
                     if dest.port:
-                        rule["sport_range"] = {"start": dest.port, "end": dest.port}
+                        rule["sport_range"] = f"{dest.port}:{dest.port}"
                     add(**rule)
         return wanted
 

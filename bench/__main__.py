@@ -50,6 +50,7 @@ def parse_args(argv):
     parser.add_argument("--out", help="write the reports here instead of bench/results/<time>")
     parser.add_argument("--publish", action="store_true",
                         help="also copy the reports to bench/latest/ (the committed copy)")
+    parser.add_argument("--inside-guest", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -81,6 +82,8 @@ def main(argv=None) -> int:
                   f"choose from {', '.join(runner.METRICS)}", file=sys.stderr)
             return 2
         settings.metrics = wanted
+    if args.inside_guest:
+        return _inside_guest(settings)
     candidates = cand_mod.all_candidates()
     if args.only:
         wanted = [n.strip() for n in args.only.split(",")]
@@ -148,6 +151,29 @@ def main(argv=None) -> int:
     with open(paths["md"]) as f:
         sys.stdout.write(f.read())
     print(f"\nreports: {', '.join(paths.values())}", file=sys.stderr)
+    return 0
+
+
+def _inside_guest(settings) -> int:
+    """The guest half of bench/guest.py: measure, print the JSON report between markers."""
+    import json
+
+    from bench import candidates as cand_mod, guest, runner, traffic
+    from bench.topology import BenchTopology
+
+    candidates = cand_mod.guest_candidates()
+    workdir = tempfile.mkdtemp(prefix="lvsbench-")
+    try:
+        with BenchTopology() as topo, traffic.HttpServers(topo, workdir):
+            results = runner.run_rounds(candidates, settings, workdir, topo)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    data = {"meta": {"kernel": platform.release(), "rounds": settings.rounds,
+                     "seconds": settings.seconds},
+            "candidates": {n: r.to_json() for n, r in results.items()}}
+    print(guest.BEGIN)
+    print(json.dumps(data))
+    print(guest.END, flush=True)
     return 0
 
 

@@ -151,6 +151,62 @@ class Lvsuser(Candidate):
             os.unlink(self.control)
 
 
+class KernelIpvs(Candidate):
+    """Kernel IPVS, driven by the real ipvsadm: only inside the QEMU guest (bench/guest.py).
+
+    IPVS works at LOCAL_IN, so the VIP must be a local address of the director (on lo, as the
+    classic guide's DR/TUN directors have it on an interface). DR real servers carry the VIP on
+    lo; TUN real servers on tunl0 (the guest kernel has ipip), with rp_filter off there so the
+    decapsulated packets are accepted.
+    """
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.name = f"ipvs-{mode}"
+        self.label = f"kernel IPVS {mode.upper()}"
+        self.baseline = mode == "nat"
+
+    def _must(self, topo, ns, argv):
+        result = topo.run(ns, argv, timeout=30)
+        if result.returncode != 0:
+            raise Unavailable(f"`{' '.join(argv)}` failed: {_tail(result.stderr or result.stdout)}")
+
+    def start(self, topo, workdir):
+        self._must(topo, topo.director, ["ip", "addr", "add", f"{VIP}/32", "dev", "lo"])
+        flag = FORWARD_FLAG[self.mode]
+        for proto, port in (("-u", UDP_PORT), ("-t", HTTP_PORT)):
+            self._must(topo, topo.director, ["ipvsadm", "-A", proto, f"{VIP}:{port}", "-s", "rr"])
+            for rs in topo.real_servers:
+                self._must(topo, topo.director, ["ipvsadm", "-a", proto, f"{VIP}:{port}",
+                                                 "-r", f"{rs.addr}:{port}", flag])
+        for rs in topo.real_servers:
+            if self.mode == "dr":
+                self._must(topo, rs.ns, ["ip", "addr", "add", f"{VIP}/32", "dev", "lo"])
+            elif self.mode == "tun":
+                self._must(topo, rs.ns, ["modprobe", "ipip"])
+                self._must(topo, rs.ns, ["ip", "link", "set", "tunl0", "up"])
+                self._must(topo, rs.ns, ["ip", "addr", "add", f"{VIP}/32", "dev", "tunl0"])
+                topo.sysctl(rs.ns, "/proc/sys/net/ipv4/conf/tunl0/rp_filter", 0)
+
+    def stop(self, topo):
+        topo.run(topo.director, ["ipvsadm", "-C"], timeout=30)
+        topo.run(topo.director, ["ip", "addr", "del", f"{VIP}/32", "dev", "lo"], timeout=30)
+        for rs in topo.real_servers:
+            dev = {"dr": "lo", "tun": "tunl0"}.get(self.mode)
+            if dev:
+                topo.run(rs.ns, ["ip", "addr", "del", f"{VIP}/32", "dev", dev], timeout=30)
+
+
+def guest_candidates() -> list[Candidate]:
+    """What runs inside the QEMU guest: kernel IPVS and lvsuser in the same modes."""
+    found: list[Candidate] = [KernelForwarding()]
+    found += [KernelIpvs(mode) for mode in ("nat", "dr", "tun")]
+    found += [Lvsuser(mode, "afpacket") for mode in ("nat", "dr", "tun")]
+    for cand in found:
+        cand.name, cand.label = f"guest-{cand.name}", f"guest: {cand.label}"
+    return found
+
+
 def all_candidates() -> list[Candidate]:
     """Every host candidate, baselines first (report order)."""
     found: list[Candidate] = [KernelForwarding(), NftDnat()]

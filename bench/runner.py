@@ -82,7 +82,9 @@ def measure_once(topo: BenchTopology, candidate: Candidate, result: CandidateRes
                                           settings.seconds, workdir)
                 result.record(metric, run.delivered_pps, {
                     "seconds": round(run.seconds, 3), "offered": run.offered,
-                    "offered_pps": round(run.offered_pps), "delivered": run.delivered})
+                    "offered_pps": round(run.offered_pps), "delivered": run.delivered,
+                    "delivered_seconds": {k: round(v, 3) for k, v in run.delivered_seconds.items()},
+                    "delivered_pps": round(run.delivered_pps)})
             elif metric == "tcp_conn_per_s":
                 run = traffic.wrk(topo, candidate.http_target(topo), settings.seconds,
                                   new_connections=True)

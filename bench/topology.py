@@ -101,6 +101,10 @@ class BenchTopology:
             rs = RealServer(f"rs{number}", ns, f"198.18.{number}.2", f"198.18.{number}.1",
                             director_if)
             t.addr(self.director, director_if, f"{rs.director_side}/24")
+            # DR/TUN replies come back through the director with the VIP as source; where the
+            # VIP is local to the director (kernel IPVS needs that) they would be dropped as
+            # martians without accept_local.
+            t.sysctl(self.director, f"net.ipv4.conf.{director_if}.accept_local", 1)
             t.addr(ns, "eth0", f"{rs.addr}/24")
             t.route(ns, "default", rs.director_side)
             # Decapsulated TUN traffic arrives with the VIP as destination on another device.
@@ -152,15 +156,18 @@ table inet {COUNTER_TABLE} {{
 }}
 """)
 
-    def delivered(self) -> dict[str, int]:
-        """UDP benchmark packets counted so far at each real server."""
+    def delivered(self) -> dict[str, tuple[float, int]]:
+        """UDP benchmark packets counted so far at each real server, each with the moment it
+        was read (the middle of the nft call: on a slow machine two reads are far apart)."""
         counts = {}
         for rs in self.real_servers:
+            started = time.monotonic()
             result = self.run(rs.ns, ["nft", "-j", "list", "counter", "inet", COUNTER_TABLE,
                                       COUNTER_NAME], timeout=10, check=True)
+            when = (started + time.monotonic()) / 2
             for item in json.loads(result.stdout)["nftables"]:
                 if "counter" in item:
-                    counts[rs.name] = int(item["counter"]["packets"])
+                    counts[rs.name] = (when, int(item["counter"]["packets"]))
         return counts
 
     def tx_packets(self, ns: str, ifname: str) -> int:

@@ -82,13 +82,17 @@ def trafgen_config(variant: str, targets: tuple[str, str], dst_mac: str, src_mac
 
 @dataclasses.dataclass
 class PacketRun:
-    seconds: float
+    """Counts over a window; every counter has its own window length because each is read at
+    its own moment (see BenchTopology.delivered)."""
+
+    seconds: float  # the generator's (offered) window
     offered: int
     delivered: dict[str, int]
+    delivered_seconds: dict[str, float]
 
     @property
     def delivered_pps(self) -> float:
-        return sum(self.delivered.values()) / self.seconds
+        return sum(count / self.delivered_seconds[name] for name, count in self.delivered.items())
 
     @property
     def offered_pps(self) -> float:
@@ -106,8 +110,9 @@ def packet_rate(topo: BenchTopology, variant: str, targets: tuple[str, str], sec
     argv = ["taskset", "-c", GENERATOR_CPU, trafgen, "--dev", "eth0", "--conf", conf,
             "--cpus", "1", "--num", str(int(MAX_PPS_BOUND * (seconds + WARMUP_SECONDS + 5))),
             "--no-sock-mem", "--notouch-irq", "--no-cpu-stats"]
+    # cwd: trafgen writes a temporary file into its working directory.
     proc = topo.popen(topo.client, argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                      text=True)
+                      text=True, cwd=workdir)
     try:
         # Measure a window of steady sending, not trafgen's ring set-up and tear-down.
         time.sleep(WARMUP_SECONDS)
@@ -125,24 +130,25 @@ def packet_rate(topo: BenchTopology, variant: str, targets: tuple[str, str], sec
     if not still_running:
         raise RuntimeError(f"trafgen stopped early ({proc.returncode}): "
                            f"{(err or '').strip()[-300:]}")
-    return PacketRun(last.when - first.when, last.tx - first.tx,
-                     {name: count - first.delivered.get(name, 0)
-                      for name, count in last.delivered.items()})
+    return PacketRun(
+        last.tx_when - first.tx_when, last.tx - first.tx,
+        {name: count - first.delivered[name][1] for name, (_, count) in last.delivered.items()},
+        {name: when - first.delivered[name][0] for name, (when, _) in last.delivered.items()})
 
 
 @dataclasses.dataclass
 class _Snapshot:
-    when: float
+    tx_when: float
     tx: int
-    delivered: dict[str, int]
+    delivered: dict[str, tuple[float, int]]  # real server -> (when read, count)
 
 
 def _snapshot(topo: BenchTopology) -> _Snapshot:
-    """Counters at one moment; the timestamp is the middle of the (short) time reading takes."""
+    """All counters once, each with the moment it was read."""
     start = time.monotonic()
     tx = topo.tx_packets(topo.client, "eth0")
-    delivered = topo.delivered()
-    return _Snapshot((start + time.monotonic()) / 2, tx, delivered)
+    tx_when = (start + time.monotonic()) / 2
+    return _Snapshot(tx_when, tx, topo.delivered())
 
 
 def _interrupt(proc: subprocess.Popen) -> None:

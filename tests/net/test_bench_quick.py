@@ -59,7 +59,8 @@ def test_quick_mode_writes_a_sane_report(tmp_path):
         for detail in cand["details"]["udp_flows_pps"] + cand["details"]["udp_newflows_pps"]:
             # Both real servers received traffic: round robin reached each one.
             assert all(count > 0 for count in detail["delivered"].values()), detail
-            assert sum(detail["delivered"].values()) <= detail["offered"] * 1.01 + 100
+            # Nothing is delivered that was not sent (windows differ slightly per counter).
+            assert detail["delivered_pps"] <= detail["offered_pps"] * 1.1 + 1000, detail
         assert cand["medians"]["tcp_conn_per_s"] > 0
         assert 0 < cand["medians"]["http_p50_us"] <= cand["medians"]["http_p99_us"]
 

@@ -1,0 +1,130 @@
+"""The `lvsuser` command: one entry point, a subcommand per job.
+
+    lvsuser run [--control PATH] [--rules FILE] [--backend userspace|ipvs|table]
+                [--io afpacket|tun] [--interface IF ...]     the director, in the foreground
+    lvsuser ipvsadm ARGS...                                  ipvsadm 1.31, against the director
+    lvsuser mark add|del N [-t|-u] DST[/PREFIX] [--dport P[-Q]] [--source SRC]
+    lvsuser mark list                                        firewall-mark rules for -f services
+    lvsuser realserver MODE ...                              set up a real server (nat/tun/dr)
+    lvsuser lab ...                                          the seed lab in namespaces
+    lvsuser bench ...                                        benchmarks
+
+Subcommands owned by other parts of the project are imported only when used, so one that is
+missing or broken gives a clear message instead of breaking the others.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Optional
+
+USAGE = """usage: lvsuser COMMAND [ARGS...]
+
+commands:
+  run          run the director (control socket, rules file, datapath)
+  ipvsadm      the ipvsadm command line, talking to the director
+  mark         manage firewall-mark rules for fwmark (-f) services
+  realserver   configure this host as a real server (nat, tun, dr)
+  lab          the classic LVS lab in network namespaces
+  bench        benchmarks
+Run `lvsuser COMMAND -h` for a command's options.
+"""
+
+# subcommand -> (module, function) resolved lazily
+_DELEGATES = {
+    "run": ("lvsuser.control.daemon", "main"),
+    "ipvsadm": ("lvsuser.control.ipvsadm", "main"),
+    "mark": ("lvsuser.cli", "mark_main"),
+    "realserver": ("lvsuser.hosts.cli", "main"),
+    "lab": ("lvsuser.lab.cli", "main"),
+    "bench": ("bench.__main__", "main"),
+}
+
+
+def _load(command: str):
+    module_name, function = _DELEGATES[command]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SystemExit(f"lvsuser: the `{command}` command is not available "
+                         f"({module_name} cannot be imported: {exc})")
+    entry = getattr(module, function, None)
+    if entry is None:
+        raise SystemExit(f"lvsuser: the `{command}` command is not available "
+                         f"({module_name} has no {function}())")
+    return entry
+
+
+MARK_USAGE = """usage: lvsuser mark [--control PATH] add N [-t|-u|--sctp-service] DST[/PREFIX] [--dport P[-Q]] [--source SRC[/PREFIX]]
+       lvsuser mark [--control PATH] del N ...same match...
+       lvsuser mark [--control PATH] list
+Packets that match get firewall mark N, for services added with `ipvsadm -A -f N`.
+"""
+
+
+def mark_main(argv: Optional[list[str]] = None) -> int:
+    """Manage MarkRules on the running director."""
+    from lvsuser.control import rules
+    from lvsuser.control.client import ControlUnreachable, RemoteBackend
+    from lvsuser.model import IPVSError
+
+    args = list(sys.argv[2:] if argv is None else argv)
+    control = None
+    if len(args) >= 2 and args[0] == "--control":
+        control = args[1]
+        args = args[2:]
+    elif args and args[0].startswith("--control="):
+        control = args[0].split("=", 1)[1]
+        args = args[1:]
+    if not args or args[0] in ("-h", "--help"):
+        stream = sys.stdout if args else sys.stderr
+        stream.write(MARK_USAGE)
+        return 0 if args else 2
+    action, rest = args[0], args[1:]
+    backend = RemoteBackend(control)
+    try:
+        if action == "list":
+            if rest:
+                sys.stderr.write(MARK_USAGE)
+                return 2
+            for rule in backend.get_mark_rules():
+                print(rules.format_mark_rule(rule))
+            return 0
+        if action not in ("add", "del"):
+            sys.stderr.write(MARK_USAGE)
+            return 2
+        try:
+            rule = rules.parse_mark_rule(rest)
+        except ValueError as exc:
+            print(f"lvsuser mark: {exc}", file=sys.stderr)
+            return 2
+        if action == "add":
+            backend.add_mark_rule(rule)
+        else:
+            backend.del_mark_rule(rule)
+        return 0
+    except ControlUnreachable as exc:
+        print(f"lvsuser mark: {exc.strerror or exc}; is `lvsuser run` running?", file=sys.stderr)
+        return 2
+    except IPVSError as exc:
+        print(f"lvsuser mark: {exc.message or exc}", file=sys.stderr)
+        return 1
+    finally:
+        backend.close()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        (sys.stdout if args else sys.stderr).write(USAGE)
+        return 0 if args else 2
+    if args[0] in ("-V", "--version"):
+        import lvsuser
+        print(f"lvsuser {lvsuser.__version__}")
+        return 0
+    command, rest = args[0], args[1:]
+    if command not in _DELEGATES:
+        sys.stderr.write(f"lvsuser: unknown command {command!r}\n{USAGE}")
+        return 2
+    result = _load(command)(rest)
+    return int(result or 0)

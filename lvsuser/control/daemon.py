@@ -1,0 +1,200 @@
+"""`lvsuser run`: the director process -- a backend, its rules, and the control socket.
+
+Theory of operation
+-------------------
+Start-up is ordered so that callers can wait for the control socket as the sign of readiness:
+build the backend (a missing capability is one ``lvsuser: <reason>`` line and exit 1, never a
+traceback), load ``--rules`` all-or-nothing (a bad file stops the start), and only then create
+the socket.  The main thread then sleeps until a signal arrives: SIGTERM/SIGINT stop (socket
+removed, backend closed), SIGHUP reloads the rules file.  A reload replaces the whole table in
+one transaction -- flush plus the file's rules -- so clients never see a half-loaded table; a
+file that fails to parse or apply is logged and the running table is kept.  Signal handlers
+only set flags; the work happens in the main loop, outside the handler.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Callable, Optional
+
+from lvsuser.backends.base import Backend, BackendUnavailable
+from lvsuser.control import protocol, rules
+from lvsuser.control.server import ControlServer, ControlSocketInUse
+
+log = logging.getLogger("lvsuser.run")
+
+BACKENDS = ("userspace", "ipvs", "table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lvsuser run",
+        description="Run the director in the foreground; `lvsuser ipvsadm` configures it.")
+    parser.add_argument("--control", default=None,
+                        help=f"control socket path (default ${protocol.ENV_SOCKET} or "
+                             f"{protocol.DEFAULT_SOCKET})")
+    parser.add_argument("--rules", default=None,
+                        help="rules file in `ipvsadm -S` format, loaded at start and on SIGHUP")
+    parser.add_argument("--backend", choices=BACKENDS, default="userspace",
+                        help="userspace: the lvsuser datapath (default); ipvs: kernel IPVS; "
+                             "table: the table only, no packet forwarding (tests, dry runs)")
+    parser.add_argument("--io", choices=("afpacket", "tun"), default="afpacket",
+                        help="userspace backend's packet I/O (default afpacket)")
+    parser.add_argument("--interface", action="append", default=None, metavar="IF",
+                        help="serve only these interfaces (repeatable; default: all)")
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    return parser
+
+
+def make_backend(kind: str, io: str = "afpacket", interfaces: Optional[list[str]] = None) -> Backend:
+    """The backend named on the command line; BackendUnavailable says why it cannot run."""
+    if kind == "table":
+        from lvsuser.backends.table import TableBackend
+        return TableBackend()
+    if kind == "userspace":
+        try:
+            from lvsuser.backends.userspace import UserspaceBackend
+        except ImportError as exc:
+            raise BackendUnavailable(f"the userspace backend cannot be loaded ({exc}).") from exc
+        return UserspaceBackend(io=io, interfaces=interfaces)
+    if kind == "ipvs":
+        try:
+            from lvsuser.backends.ipvs import IPVSBackend
+        except ImportError as exc:
+            raise BackendUnavailable(f"the kernel IPVS backend cannot be loaded ({exc}).") from exc
+        return IPVSBackend()
+    raise BackendUnavailable(f"unknown backend {kind!r}")
+
+
+def replace_table(backend: Backend, operations: list[rules.RuleOperation]) -> None:
+    """Make the table exactly the rules file's, atomically (flush + rules in one batch)."""
+    reset: list[rules.RuleOperation] = [rules.RuleOperation(0, "flush", {})]
+    for rule in backend.get_mark_rules():
+        reset.append(rules.RuleOperation(0, "del_mark_rule", {"rule": rule}))
+    rules.apply_operations(backend, reset + list(operations))
+
+
+class Director:
+    """The running daemon; ``run()`` blocks until stopped.  Usable in-process by tests."""
+
+    def __init__(self, backend: Backend, control_path: str, rules_path: Optional[str] = None):
+        self.backend = backend
+        self.control_path = control_path
+        self.rules_path = rules_path
+        self.server: Optional[ControlServer] = None
+        self._wake = threading.Event()
+        self._stop_requested = False
+        self._reload_requested = False
+        self.ready = threading.Event()
+        self.reloads = 0  # successful reloads, for observers
+
+    def load_rules(self) -> None:
+        """Initial load; raises RulesError/OSError, leaving the table empty as it was."""
+        if self.rules_path:
+            operations = rules.load_rules_file(self.rules_path)
+            rules.apply_operations(self.backend, operations)
+            log.info("loaded %d rules from %s", len(operations), self.rules_path)
+
+    def reload(self) -> bool:
+        if not self.rules_path:
+            log.info("SIGHUP: no --rules file to reload")
+            return False
+        try:
+            operations = rules.load_rules_file(self.rules_path)
+            replace_table(self.backend, operations)
+        except rules.RulesError as exc:
+            log.error("reload of %s refused, running table kept: line %d: %s",
+                      self.rules_path, exc.line, exc.message)
+            return False
+        except OSError as exc:
+            log.error("reload of %s failed, running table kept: %s", self.rules_path, exc)
+            return False
+        self.reloads += 1
+        log.info("reloaded %d rules from %s", len(operations), self.rules_path)
+        return True
+
+    def request_stop(self) -> None:
+        self._stop_requested = True
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        self._reload_requested = True
+        self._wake.set()
+
+    def run(self) -> None:
+        self.server = ControlServer(self.control_path, self.backend).start()
+        log.info("serving control socket %s (backend %s)", self.control_path, self.backend.name)
+        self.ready.set()
+        try:
+            while not self._stop_requested:
+                self._wake.wait()
+                self._wake.clear()
+                if self._reload_requested and not self._stop_requested:
+                    self._reload_requested = False
+                    self.reload()
+        finally:
+            self.server.stop()
+            log.info("control socket %s removed", self.control_path)
+
+
+def install_signal_handlers(director: Director) -> Callable[[], None]:
+    """SIGTERM/SIGINT stop, SIGHUP reloads; returns a function restoring the old handlers."""
+    previous = {}
+
+    def on_stop(signum, frame):
+        log.info("signal %d: stopping", signum)
+        director.request_stop()
+
+    def on_hup(signum, frame):
+        log.info("SIGHUP: reloading rules")
+        director.request_reload()
+
+    for signum, handler in ((signal.SIGTERM, on_stop), (signal.SIGINT, on_stop),
+                            (signal.SIGHUP, on_hup)):
+        previous[signum] = signal.signal(signum, handler)
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    return restore
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="lvsuser[%(process)d] %(levelname)s %(name)s: %(message)s")
+    control = args.control or os.environ.get(protocol.ENV_SOCKET) or protocol.DEFAULT_SOCKET
+    try:
+        backend = make_backend(args.backend, io=args.io, interfaces=args.interface)
+    except BackendUnavailable as exc:
+        print(f"lvsuser: {exc}", file=sys.stderr)
+        return 1
+    try:
+        director = Director(backend, control, args.rules)
+        try:
+            director.load_rules()
+        except rules.RulesError as exc:
+            print(f"lvsuser: {args.rules}: line {exc.line}: {exc.message}", file=sys.stderr)
+            return 1
+        except OSError as exc:
+            print(f"lvsuser: cannot read rules file: {exc}", file=sys.stderr)
+            return 1
+        restore_handlers = install_signal_handlers(director)
+        try:
+            director.run()
+        except ControlSocketInUse as exc:
+            print(f"lvsuser: {exc}", file=sys.stderr)
+            return 1
+        except OSError as exc:
+            print(f"lvsuser: cannot serve the control socket {control}: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            restore_handlers()
+    finally:
+        backend.close()
+    return 0

@@ -106,6 +106,7 @@ class UserspaceBackend(TableBackend):
         self.resolver = Resolver()
         try:
             links = self.resolver.links()
+            self._interface_names = list(interfaces) if interfaces else None
             self.interfaces = self._pick_interfaces(links, interfaces)
             if io == IO_AFPACKET:
                 guard_mod.sweep_stale()
@@ -123,7 +124,7 @@ class UserspaceBackend(TableBackend):
     # --- interfaces and drivers -------------------------------------------------------------
     @staticmethod
     def _pick_interfaces(links: dict, names: Optional[list[str]]) -> dict[int, dict]:
-        """ifindex -> link info of the interfaces to serve: all but loopback, or the named ones."""
+        """ifindex -> link info of the interfaces to serve: every Ethernet-like one, or the named ones."""
         if names:
             by_name = {info["name"]: (idx, info) for idx, info in links.items()}
             chosen = {}
@@ -134,7 +135,7 @@ class UserspaceBackend(TableBackend):
                 chosen[idx] = info
             return chosen
         chosen = {idx: info for idx, info in links.items()
-                  if not info["loopback"] and info["kind"] != "tun"}
+                  if info["ethernet"] and not info["loopback"]}
         if not chosen:
             raise BackendUnavailable("this namespace has no interface to serve besides loopback.")
         return chosen
@@ -152,6 +153,39 @@ class UserspaceBackend(TableBackend):
         except OSError as exc:
             raise BackendUnavailable(f"cannot open AF_PACKET rings: {exc.strerror or exc}.") from exc
         self._start_thread(driver, "lvsuser-afpacket")
+        self._served_ports = ports
+
+    def _stop_drivers(self) -> None:
+        for driver in self._drivers:
+            driver.stop()
+        for thread in self._threads:
+            thread.join(5)
+        for driver in self._drivers:
+            try:
+                driver.close()
+            except RuntimeError as exc:
+                log.warning("driver did not stop: %s", exc)
+        self._drivers, self._threads = [], []
+
+    def _follow_interfaces(self, links: dict) -> None:
+        """Serve interfaces that appeared, stop serving those that went (AF_PACKET mode).
+
+        A ring is bound to one ifindex, so a changed set (or MTU) means new rings: the driver is
+        restarted; connections live in the core and survive."""
+        try:
+            wanted = self._pick_interfaces(links, self._interface_names)
+        except BackendUnavailable as exc:
+            log.warning("%s", exc)
+            wanted = {}
+        ports = [(idx, info["mtu"]) for idx, info in sorted(wanted.items())]
+        self.interfaces = wanted
+        if ports == getattr(self, "_served_ports", None):
+            return
+        log.info("serving interfaces %s", ", ".join(info["name"] for info in wanted.values()) or "none")
+        self._stop_drivers()
+        self._served_ports = []
+        if ports:
+            self._start_afpacket(links)
 
     def _start_tun(self, tun_name: Optional[str]) -> None:
         from lvsuser.director.tunroutes import TunRoutes
@@ -187,7 +221,7 @@ class UserspaceBackend(TableBackend):
         links = self.resolver.links()
         local_addrs = self.resolver.local_addresses()
         if self.io == IO_AFPACKET:
-            self.interfaces = {idx: links[idx] for idx in self.interfaces if idx in links}
+            self._follow_interfaces(links)
         dest_addrs = {dest.addr for svc in services for dest in svc.dests}
         egress = self.resolver.resolve_all(dest_addrs, probe=True) if dest_addrs else {}
         routes = {}
@@ -294,15 +328,7 @@ class UserspaceBackend(TableBackend):
             self._closed = True
         if self._monitor is not None:
             self._monitor.stop()
-        for driver in self._drivers:
-            driver.stop()
-        for thread in self._threads:
-            thread.join(5)
-        for driver in self._drivers:
-            try:
-                driver.close()
-            except RuntimeError as exc:
-                log.warning("driver did not stop: %s", exc)
+        self._stop_drivers()
         if self._guard is not None:
             self._guard.remove()
         if self._tunroutes is not None:

@@ -42,6 +42,7 @@ RTN_UNICAST = 1
 RTN_LOCAL = 2
 
 ZERO_MAC = "00:00:00:00:00:00"
+ARPHRD_ETHER = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +99,7 @@ class Resolver:
                 "up": bool(flags & 0x1),
                 "loopback": bool(flags & 0x8),
                 "kind": _link_kind(link),
+                "ethernet": link.get("ifi_type") == ARPHRD_ETHER,
             }
         return out
 

@@ -83,6 +83,7 @@ COUNTER_NAMES = (
     "conn_dest_gone",      # expired because its real server was deleted
     "fwd_in",
     "fwd_out",
+    "no_room",             # C core only: a driver's frame slot has no room for the result
 )
 
 # TCP states (IP_VS_TCP_S_*) and their names in listings.
@@ -413,17 +414,26 @@ class Core:
         self._tcp_timeouts = tcp_timeouts(config.timeouts)
         self._udp_timeout = config.timeouts.udp
         # Re-bind every connection to its dest in the new tables; expire those whose dest is gone.
-        for conn in list(self._conn_in.values()) + list(self._templates.values()):
+        for conn in list(self._templates.values()) + list(self._conn_in.values()):
             state = services.get(conn.svc)
-            dest = state.svc.find_dest(_addr(conn.af, conn.daddr), conn.dport) if state else None
-            if dest is None and state is not None and conn.flags & CONN_F_TEMPLATE:
-                dest = next((d for d in state.svc.dests if d.addr.packed == conn.daddr), None)
+            old = conn.dest
+            dest = state.svc.find_dest(old.addr, old.port) if state and old else None
             if dest is None:
                 self._counters["conn_dest_gone"] += 1
                 conn.dest = None
                 self._expire_conn(conn)
             else:
                 conn.dest = dest
+        for conn in self._conn_in.values():
+            if conn.control is not None and conn.control.dest is None:
+                conn.control = None  # its template went with its real server
+        for state in services.values():
+            for dest in state.svc.dests:
+                total = dest.activeconns + dest.inactconns
+                if dest.u_threshold and total >= dest.u_threshold:
+                    dest.flags |= model.DEST_F_OVERLOAD
+                else:
+                    self._clear_overload(dest)
         self.generation += 1
 
     # ---------------------------------------------------------------- the packet path
@@ -564,8 +574,9 @@ class Core:
                 dest, why = self._pick(state, pkt, now)
                 if dest is None:
                     return self._leave(why, pkt, buf, ifindex)
-                if len(self._conn_in) + len(self._templates) >= self.max_conns:
-                    raise _Reject("table_full")
+                if dest.addr.packed not in self._routes:
+                    raise _Reject("no_route")
+                self._make_room(now)
                 tport = dest.port if (pkt.dport == svc.port and svc.port) else 0
                 template = self._new_conn(state, dest, tkey[0], pkt.af, tkey[2], 0, tkey[3], tkey[4],
                                           tport, CONN_F_TEMPLATE, ifindex, buf, now)
@@ -581,8 +592,7 @@ class Core:
             dport = dest.port or pkt.dport
         if dest.addr.packed not in self._routes:
             raise _Reject("no_route")
-        if len(self._conn_in) + len(self._templates) >= self.max_conns:
-            raise _Reject("table_full")
+        self._make_room(now)
         conn = self._new_conn(state, dest, pkt.proto, pkt.af, pkt.saddr, pkt.sport, pkt.daddr,
                               pkt.dport, dport, 0, ifindex, buf, now)
         if template is not None:
@@ -593,6 +603,13 @@ class Core:
         dest.stats.conns += 1
         self._counters["conn_new"] += 1
         return conn
+
+    def _make_room(self, now: float) -> None:
+        """A full table first reclaims what has expired (as the C core's extra sweep), then refuses."""
+        if len(self._conn_in) + len(self._templates) >= self.max_conns:
+            self._sweep(now)
+            if len(self._conn_in) + len(self._templates) >= self.max_conns:
+                raise _Reject("table_full")
 
     def _template_key(self, svc: model.Service, pkt: _Packet):
         """ip_vs_sched_persist: <proto, caddr & netmask, 0, vaddr or fwmark, vport or 0>."""
@@ -669,6 +686,12 @@ class Core:
             dest.inactconns -= 1
         else:
             dest.activeconns -= 1
+        self._clear_overload(dest)
+        conn.dest = None
+
+    @staticmethod
+    def _clear_overload(dest: model.Dest) -> None:
+        """ip_vs_unbind_dest's rule for dropping the overload flag."""
         total = dest.activeconns + dest.inactconns
         if dest.l_threshold:
             if total < dest.l_threshold:
@@ -678,7 +701,6 @@ class Core:
                 dest.flags &= ~model.DEST_F_OVERLOAD
         else:
             dest.flags &= ~model.DEST_F_OVERLOAD
-        conn.dest = None
 
     def _set_state(self, conn: _Conn, pkt: _Packet, direction: int) -> None:
         """set_tcp_state / udp_state_transition, then re-arm (ip_vs_conn_put)."""
@@ -1015,6 +1037,11 @@ class Core:
     # ---------------------------------------------------------------- time, listings, stats
     def expire(self, now: float) -> int:
         """Expire every connection whose time is up; run the rate estimator; return how many."""
+        gone = self._sweep(now)
+        self._estimate(now)
+        return gone
+
+    def _sweep(self, now: float) -> int:
         gone = 0
         for conn in list(self._conn_in.values()):
             if conn.expires <= now:
@@ -1028,7 +1055,6 @@ class Core:
                     self._expire_conn(tmpl)
                     gone += 1
         self._counters["conn_expired"] += gone
-        self._estimate(now)
         return gone
 
     def _estimate(self, now: float) -> None:

@@ -1,0 +1,232 @@
+# The connection table: flat C memory, O(1) lookups both ways, bounded, expiry without stalls.
+#
+# Theory of operation
+# -------------------
+# Entries live in one array of 64-byte `lvs_conn` (the kernel's ip_vs_conn is ~300 bytes with
+# its timer and locks).  Index 0 is never used, so 0 means "none" in every link.  Two hash
+# tables of uint32 heads chain entries through `next_in` / `next_out`:
+#
+#   in-hash   (protocol, caddr, cport, vaddr, vport)  -- every connection and every template
+#             (templates are keyed <proto, caddr & netmask, 0, vaddr-or-fwmark, vport-or-0>
+#             and carry LVS_CONN_TEMPLATE, which lookups compare too);
+#   out-hash  (protocol, daddr, dport, caddr, cport)  -- NAT connections only, for replies.
+#
+# Both tables have as many heads as entries (a power of two), so chains stay ~1 long at any
+# fill: lookups are flat from 10^3 to 10^7 entries.  Free entries form a stack through
+# `next_in`.  When the stack is empty the table is full: the packet is dropped and counted
+# (C_TABLE_FULL), after one bounded extra sweep has tried to reclaim expired entries.
+#
+# Expiry: each entry holds `expires` in milliseconds since the core's epoch (uint32: 49 days,
+# compared with wrap-safe signed differences).  A lookup that finds an expired entry expires it
+# on the spot; a sweep cursor visits a bounded number of slots per batch (and `expire()` visits
+# all of them), so no call ever stalls on a large table.
+#
+# The real server is not stored: (svc, dest) index the published tables, and daddr is read
+# from there.  A publish re-maps these indices for every entry (and expires entries whose real
+# server is gone) under the core lock.
+#
+# Layout of lvs_conn (64 bytes):
+#    0 caddr[16]   16 vaddr[16]   32 cport  34 vport  36 dport   (host order)
+#   38 protocol    39 state       40 flags  42 peer (reverse L2 path, see core.pxi)
+#   44 svc         46 dest        48 expires (ms)   52 next_in   56 next_out
+#   60 control: real connection -> its template's index; template -> number of controlled conns
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t
+from libc.string cimport memcmp, memcpy, memset
+
+cdef enum:
+    LVS_CONN_V6 = 0x0001
+    LVS_CONN_TEMPLATE = 0x0002
+    LVS_CONN_INACTIVE = 0x0004
+    LVS_CONN_NOOUTPUT = 0x0008
+    LVS_CONN_USED = 0x0010
+    LVS_CONN_FWD_SHIFT = 8      # forwarding method in bits 8..10
+
+cdef enum:
+    TS_NONE = 0
+    TS_ESTABLISHED = 1
+    TS_SYN_SENT = 2
+    TS_SYN_RECV = 3
+    TS_FIN_WAIT = 4
+    TS_TIME_WAIT = 5
+    TS_CLOSE = 6
+    TS_CLOSE_WAIT = 7
+    TS_LAST_ACK = 8
+    TS_LISTEN = 9
+    TS_SYNACK = 10
+
+cdef struct lvs_conn:
+    uint8_t caddr[16]
+    uint8_t vaddr[16]
+    uint16_t cport
+    uint16_t vport
+    uint16_t dport
+    uint8_t protocol
+    uint8_t state
+    uint16_t flags
+    uint16_t peer
+    uint16_t svc
+    uint16_t dest
+    uint32_t expires
+    uint32_t next_in
+    uint32_t next_out
+    uint32_t control
+
+cdef struct lvs_conntab:
+    lvs_conn *entries
+    uint32_t capacity           # usable entries (index 1..capacity)
+    uint32_t *in_heads
+    uint32_t *out_heads
+    uint32_t mask
+    uint32_t free_head
+    uint32_t count
+    uint32_t sweep_cursor
+
+
+# tcp_states[] of ip_vs_proto_tcp.c (see pyfastpath.TCP_STATES), flattened:
+# [(direction offset + event) * 11 + current state] -> next state.
+cdef uint8_t lvs_tcp_states[132]
+lvs_tcp_states[:] = [
+    3, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3,     # INPUT syn
+    6, 7, 2, 5, 5, 5, 6, 7, 8, 9, 5,     # INPUT fin
+    6, 1, 2, 1, 4, 5, 6, 7, 6, 9, 1,     # INPUT ack
+    6, 6, 6, 3, 6, 6, 6, 6, 8, 9, 3,     # INPUT rst
+    2, 1, 2, 3, 2, 2, 2, 2, 2, 9, 3,     # OUTPUT syn
+    5, 4, 2, 5, 4, 5, 6, 5, 8, 9, 5,     # OUTPUT fin
+    1, 1, 2, 1, 4, 5, 6, 7, 8, 1, 1,     # OUTPUT ack
+    6, 6, 2, 6, 6, 5, 6, 6, 6, 6, 6,     # OUTPUT rst
+    3, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3,     # INPUT-ONLY syn
+    6, 4, 2, 5, 4, 5, 6, 7, 8, 9, 5,     # INPUT-ONLY fin
+    6, 1, 2, 1, 4, 5, 6, 7, 6, 9, 1,     # INPUT-ONLY ack
+    6, 6, 6, 3, 6, 6, 6, 6, 8, 9, 6,     # INPUT-ONLY rst
+]
+
+
+cdef inline uint32_t lvs_mix(uint32_t h, uint32_t v) noexcept nogil:
+    h ^= v
+    h *= <uint32_t>0x9E3779B1
+    return h ^ (h >> 15)
+
+
+cdef inline uint32_t lvs_hash_key(uint8_t protocol, const uint8_t *a1, uint16_t p1,
+                                  const uint8_t *a2, uint16_t p2, uint8_t alen) noexcept nogil:
+    cdef uint32_t h = lvs_mix(<uint32_t>protocol, (<uint32_t>p1 << 16) | p2)
+    cdef uint32_t i = 0
+    while i < alen:
+        h = lvs_mix(h, lvs_get32(a1 + i))
+        h = lvs_mix(h, lvs_get32(a2 + i))
+        i += 4
+    return h
+
+
+cdef int lvs_conntab_init(lvs_conntab *t, uint32_t capacity) noexcept nogil:
+    cdef uint32_t size = 16, i
+    while size < capacity:
+        size <<= 1
+    t.entries = <lvs_conn *>calloc(<size_t>capacity + 1, sizeof(lvs_conn))
+    t.in_heads = <uint32_t *>calloc(size, sizeof(uint32_t))
+    t.out_heads = <uint32_t *>calloc(size, sizeof(uint32_t))
+    if t.entries == NULL or t.in_heads == NULL or t.out_heads == NULL:
+        free(t.entries)
+        free(t.in_heads)
+        free(t.out_heads)
+        t.entries = NULL
+        return -1
+    t.capacity = capacity
+    t.mask = size - 1
+    t.count = 0
+    t.sweep_cursor = 1
+    # free stack: 1 on top
+    t.free_head = 1
+    for i in range(1, capacity):
+        t.entries[i].next_in = i + 1
+    t.entries[capacity].next_in = 0
+    return 0
+
+
+cdef void lvs_conntab_free(lvs_conntab *t) noexcept nogil:
+    free(t.entries)
+    free(t.in_heads)
+    free(t.out_heads)
+    t.entries = NULL
+    t.in_heads = NULL
+    t.out_heads = NULL
+
+
+cdef inline uint32_t lvs_conn_in_find(lvs_conntab *t, uint8_t protocol, uint16_t want_template,
+                                      const uint8_t *caddr, uint16_t cport,
+                                      const uint8_t *vaddr, uint16_t vport,
+                                      uint8_t alen) noexcept nogil:
+    """Index of the entry with this in-key (templates only if want_template), or 0."""
+    cdef uint32_t i = t.in_heads[lvs_hash_key(protocol, caddr, cport, vaddr, vport, alen) & t.mask]
+    cdef lvs_conn *c
+    cdef uint16_t af6 = LVS_CONN_V6 if alen == 16 else 0
+    while i:
+        c = &t.entries[i]
+        if (c.protocol == protocol and c.cport == cport and c.vport == vport
+                and (c.flags & (LVS_CONN_TEMPLATE | LVS_CONN_V6)) == (want_template | af6)
+                and memcmp(c.caddr, caddr, alen) == 0 and memcmp(c.vaddr, vaddr, alen) == 0):
+            return i
+        i = c.next_in
+    return 0
+
+
+cdef inline void lvs_conn_unlink_in(lvs_conntab *t, uint32_t idx) noexcept nogil:
+    cdef lvs_conn *c = &t.entries[idx]
+    cdef uint8_t alen = 16 if c.flags & LVS_CONN_V6 else 4
+    cdef uint32_t *link = &t.in_heads[lvs_hash_key(c.protocol, c.caddr, c.cport, c.vaddr, c.vport,
+                                                   alen) & t.mask]
+    while link[0] and link[0] != idx:
+        link = &t.entries[link[0]].next_in
+    if link[0] == idx:
+        link[0] = c.next_in
+
+
+cdef inline void lvs_conn_link_in(lvs_conntab *t, uint32_t idx) noexcept nogil:
+    cdef lvs_conn *c = &t.entries[idx]
+    cdef uint8_t alen = 16 if c.flags & LVS_CONN_V6 else 4
+    cdef uint32_t h = lvs_hash_key(c.protocol, c.caddr, c.cport, c.vaddr, c.vport, alen) & t.mask
+    c.next_in = t.in_heads[h]
+    t.in_heads[h] = idx
+
+
+cdef inline void lvs_conn_link_out(lvs_conntab *t, uint32_t idx, const uint8_t *daddr) noexcept nogil:
+    cdef lvs_conn *c = &t.entries[idx]
+    cdef uint8_t alen = 16 if c.flags & LVS_CONN_V6 else 4
+    cdef uint32_t h = lvs_hash_key(c.protocol, daddr, c.dport, c.caddr, c.cport, alen) & t.mask
+    c.next_out = t.out_heads[h]
+    t.out_heads[h] = idx
+
+
+cdef inline void lvs_conn_unlink_out(lvs_conntab *t, uint32_t idx, const uint8_t *daddr) noexcept nogil:
+    cdef lvs_conn *c = &t.entries[idx]
+    cdef uint8_t alen = 16 if c.flags & LVS_CONN_V6 else 4
+    cdef uint32_t *link = &t.out_heads[lvs_hash_key(c.protocol, daddr, c.dport, c.caddr, c.cport,
+                                                    alen) & t.mask]
+    while link[0] and link[0] != idx:
+        link = &t.entries[link[0]].next_out
+    if link[0] == idx:
+        link[0] = c.next_out
+
+
+cdef inline uint32_t lvs_conn_alloc(lvs_conntab *t) noexcept nogil:
+    cdef uint32_t idx = t.free_head
+    if idx == 0:
+        return 0
+    t.free_head = t.entries[idx].next_in
+    memset(&t.entries[idx], 0, sizeof(lvs_conn))
+    t.entries[idx].flags = LVS_CONN_USED
+    t.count += 1
+    return idx
+
+
+cdef inline void lvs_conn_release(lvs_conntab *t, uint32_t idx) noexcept nogil:
+    t.entries[idx].flags = 0
+    t.entries[idx].next_in = t.free_head
+    t.free_head = idx
+    t.count -= 1
+
+
+cdef inline bint lvs_time_after_eq(uint32_t a, uint32_t b) noexcept nogil:
+    """a >= b on the wrapping millisecond clock."""
+    return <int32_t>(a - b) >= 0

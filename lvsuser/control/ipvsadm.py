@@ -45,6 +45,7 @@ from lvsuser.model import AF_INET, AF_INET6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_
 PROGRAM = "ipvsadm"
 IPVSADM_VERSION = "v1.31 2019/12/24"
 MAX_TIMEOUT = 86400 * 31
+IPVS_SVC_PERSISTENT_TIMEOUT = 6 * 60  # libipvs.h: what a bare -p gives (not the kernel's 300)
 INT_MAX = 2**31 - 1
 UINT_MAX = 2**32 - 1
 DEF_SCHED = "wlc"
@@ -532,7 +533,7 @@ def parse_netmask(buf: str, resolver: Resolver) -> Optional[int]:
 
 def parse_timeout(buf: Optional[str], low: int, high: int) -> int:
     if buf is None:
-        return model.DEFAULT_PERSISTENT_TIMEOUT
+        return IPVS_SVC_PERSISTENT_TIMEOUT
     value = string_to_number(buf, low, high)
     if value == -1:
         fail(2, f"invalid timeout value `{buf}' specified")
@@ -671,7 +672,7 @@ def parse_options(argv: list[str], resolver: Resolver) -> CommandEntry:
                                ord("m"): CONN_F_MASQ}[value]
         elif value == ord("w"):
             _set_option(ce, OPTC_WEIGHT)
-            dest.weight = string_to_number(optarg, 0, 65535)
+            dest.weight = string_to_number(optarg, 0, INT_MAX)  # Debian's 1.31 allows INT_MAX
             if dest.weight == -1:
                 fail(2, "illegal weight specified")
         elif value == ord("x"):

@@ -43,7 +43,7 @@ def parse_args(argv):
                         help="run only these candidates (names as in the report, e.g. "
                              "forward,nft-dnat,lvsuser-nat-afpacket)")
     parser.add_argument("--metrics", metavar="NAME,...", help="run only these metrics")
-    parser.add_argument("--guest", choices=("auto", "yes", "no"), default=None,
+    parser.add_argument("--guest", choices=("yes", "no"), default=None,
                         help="kernel IPVS inside the QEMU guest (default: yes in full mode)")
     parser.add_argument("--profile", choices=("yes", "no"), default=None,
                         help="perf profile of lvsuser NAT (default: yes in full mode)")
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
                   f"choose from {', '.join(sorted(names))}", file=sys.stderr)
             return 2
         candidates = [c for c in candidates if c.name in wanted]
-    use_guest = (args.guest or ("yes" if args.mode == "full" else "no")) != "no"
+    use_guest = (args.guest or ("yes" if args.mode == "full" else "no")) == "yes"
     use_profile = (args.profile or ("yes" if args.mode == "full" else "no")) == "yes"
 
     stamp = datetime.datetime.now(datetime.timezone.utc)

@@ -82,6 +82,12 @@ table ip {self.table} {{
 FORWARD_FLAG = {"nat": "-m", "dr": "-g", "tun": "-i"}
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# `python3 -m lvsuser` must find this checkout's package wherever the benchmark was started from.
+LVSUSER_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
+    p for p in (REPO, os.environ.get("PYTHONPATH", "")) if p))
+
+
 def lvsuser_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "lvsuser", *args]
 
@@ -109,7 +115,7 @@ class Lvsuser(Candidate):
         if self.mode in ("dr", "tun"):
             for rs in topo.real_servers:
                 result = topo.run(rs.ns, lvsuser_argv("realserver", self.mode, "--vip", VIP),
-                                  timeout=30)
+                                  timeout=30, env=LVSUSER_ENV)
                 if result.returncode != 0:
                     raise Unavailable(f"`lvsuser realserver {self.mode}` failed: "
                                       f"{_tail(result.stderr or result.stdout)}")
@@ -117,7 +123,7 @@ class Lvsuser(Candidate):
         argv = ["taskset", "-c", LVSUSER_CPU] + lvsuser_argv(
             "run", "--control", self.control, "--io", self.io)
         self.proc = topo.popen(topo.director, argv, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, env=LVSUSER_ENV)
         deadline = time.monotonic() + 20
         while not os.path.exists(self.control):
             if self.proc.poll() is not None:
@@ -133,7 +139,7 @@ class Lvsuser(Candidate):
                 self._ipvsadm(topo, "-a", proto, f"{VIP}:{port}", "-r", f"{rs.addr}:{port}", flag)
 
     def _ipvsadm(self, topo, *args):
-        env = dict(os.environ, LVSUSER_CONTROL=self.control)
+        env = dict(LVSUSER_ENV, LVSUSER_CONTROL=self.control)
         result = topo.run(topo.director, lvsuser_argv("ipvsadm", *args), timeout=20, env=env)
         if result.returncode != 0:
             raise Unavailable(f"`lvsuser ipvsadm {' '.join(args)}` failed: "
@@ -145,7 +151,7 @@ class Lvsuser(Candidate):
             self.proc = None
         for rs in self.realservers_done:
             topo.run(rs.ns, lvsuser_argv("realserver", self.mode, "--vip", VIP, "--undo"),
-                     timeout=30)
+                     timeout=30, env=LVSUSER_ENV)
         self.realservers_done = []
         if self.control and os.path.exists(self.control):
             os.unlink(self.control)

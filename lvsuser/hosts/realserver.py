@@ -36,6 +36,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -94,6 +95,50 @@ def state_dir() -> str:
 
 def state_path() -> str:
     return os.path.join(state_dir(), "state.json")
+
+
+def live_namespace_inodes() -> set[int]:
+    """Inodes of every network namespace that still exists (held by a process or a mount)."""
+    inodes = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                inodes.add(os.stat(f"/proc/{entry}/ns/net").st_ino)
+            except OSError:
+                pass
+    for directory in ("/run/netns", "/var/run/netns"):
+        try:
+            for name in os.listdir(directory):
+                try:
+                    inodes.add(os.stat(os.path.join(directory, name)).st_ino)
+                except OSError:
+                    pass
+        except FileNotFoundError:
+            pass
+    return inodes
+
+
+def sweep_stale_states() -> None:
+    """Forget state left by namespaces that are gone (deleted without --undo): nothing of
+    theirs remains to restore, and the directories would pile up in /run."""
+    try:
+        entries = os.listdir(STATE_ROOT)
+    except FileNotFoundError:
+        return
+    live = None
+    for entry in entries:
+        path = os.path.join(STATE_ROOT, entry)
+        try:
+            with open(os.path.join(path, "state.json")) as f:
+                inode = json.load(f).get("netns_inode")
+        except (OSError, ValueError):
+            continue
+        if inode is None or entry == namespace_id():
+            continue
+        if live is None:
+            live = live_namespace_inodes()
+        if inode not in live:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def load_state() -> dict | None:
@@ -302,6 +347,11 @@ def _undo_action(ipr: IPRoute, action: dict) -> None:
             ipr.link("set", index=found[0], state="down")
     elif op == "daemon":
         stop_daemon(action["pid"], action["pidfile"])
+        # the TUN device (with its VIP and routes) goes when its last fd closes; the kernel
+        # unregisters it asynchronously, so wait for that before calling the host restored
+        deadline = time.monotonic() + 3.0
+        while ipr.link_lookup(ifname=action["device"]) and time.monotonic() < deadline:
+            time.sleep(0.02)
     else:
         raise RealServerError(f"unknown action {op!r} in the state file")
 
@@ -489,8 +539,10 @@ def apply(mode: str, vips: list[str], director: str | None, say=print) -> dict:
         raise RealServerError(
             f"this host is already configured as a real server ({existing.get('mode')}, state in "
             f"{state_path()}); run 'lvsuser realserver {existing.get('mode')} --undo' first")
+    sweep_stale_states()
     journal = Journal({"mode": mode, "vips": vips, "director": director,
-                       "applied_at": time.time()})
+                       "applied_at": time.time(),
+                       "netns_inode": os.stat("/proc/self/ns/net").st_ino})
     try:
         with IPRoute() as ipr:
             if mode == "nat":

@@ -32,6 +32,9 @@ def host():
     """A real server namespace 'rs' (eth0 198.18.2.11/24, default via .254) and a peer 'dir'."""
     with netns.Topology("trs") as topo:
         rs, peer = topo.add_ns("rs"), topo.add_ns("dir")
+        # no IPv6 link-local autoconfiguration: its addresses appear whenever DAD finishes and
+        # would make before/after dumps differ for reasons that are not ours
+        topo.sysctl(rs, "net.ipv6.conf.default.addr_gen_mode", 1)
         topo.veth(rs, "eth0", peer, "eth0")
         topo.addr(rs, "eth0", f"{RIP}/24")
         topo.addr(peer, "eth0", f"{DIP}/24")
@@ -40,8 +43,10 @@ def host():
         try:
             yield topo
         finally:
-            # stop a decapsulator even if a test failed before --undo
-            topo.run(rs, [sys.executable, "-m", "lvsuser.hosts", "tun", "--undo"], env=ENV)
+            # undo whatever a test left configured (the wrong modes refuse harmlessly): stops
+            # a decapsulator and leaves no state file behind
+            for mode in ("nat", "tun", "dr"):
+                topo.run(rs, [sys.executable, "-m", "lvsuser.hosts", mode, "--undo"], env=ENV)
 
 
 def realserver(topo, *args) -> subprocess.CompletedProcess:
@@ -247,6 +252,21 @@ def test_bad_input_is_refused_and_changes_nothing(host):
     v6_tun = realserver(host, "tun", "--vip", "2001:db8::1")
     assert v6_tun.returncode != 0 and "IPv4 VIPs only" in v6_tun.stderr
     assert dump(host) == before
+
+
+def test_state_of_a_vanished_namespace_is_swept(host):
+    with netns.Topology("tsw") as other:
+        gone = other.add_ns("gone")
+        other.veth(gone, "eth0", host.peer, "eth9")
+        result = other.run(gone, [sys.executable, "-m", "lvsuser.hosts", "dr", "--vip", VIP],
+                           env=ENV)
+        assert result.returncode == 0, result.stderr
+        from lvsuser.hosts import realserver as rs_module
+        stale_dir = netns.call_in(gone, rs_module.state_dir)
+        assert os.path.exists(stale_dir)
+    # the namespace is gone without --undo; the next apply anywhere forgets its state
+    assert realserver(host, "dr", "--vip", VIP).returncode == 0
+    assert not os.path.exists(stale_dir)
 
 
 def test_second_apply_of_another_mode_is_refused(host):

@@ -160,6 +160,9 @@ def parse_rules(text: str, resolver: Optional[ipvsadm_cli.Resolver] = None,
         except ipvsadm_cli.IpvsadmExit as exc:
             message = exc.stderr.rstrip("\n") or "only table-changing commands are allowed here"
             raise RulesError(number, message, exc.code or 2) from None
+        if ce.cmd == ipvsadm_cli.CMD_RESTORE:  # ipvsadm refuses -R inside -R with its Try line
+            raise RulesError(number, f"Try `{program} -h' or '{program} --help' for more "
+                                     "information.", -1)
         operation = ipvsadm_cli.table_operation(ce)
         if operation is None:
             raise RulesError(number, "only table-changing commands are allowed here", 2)

@@ -365,8 +365,17 @@ cdef struct lvs_io_core:
     void *state
 
 
+cdef int io_c_core_batch(void *state, lvs_io_frame *frames, int n, double now) noexcept nogil:
+    # lvs_frame (core.pxi) and lvs_io_frame have the same layout by contract
+    return lvs_core_batch(<lvs_core *>state, <lvs_frame *>frames, n, now)
+
+
 cdef bint io_bind_core(object core, lvs_io_core *out):
     """Fill `out` if `core` is this module's C core; False means: call core.process() instead."""
+    if isinstance(core, Core):
+        out.batch = io_c_core_batch
+        out.state = <void *>(<Core>core).c
+        return True
     out.batch = NULL
     out.state = NULL
     return False

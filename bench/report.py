@@ -37,6 +37,14 @@ def _fmt(value, metric: str) -> str:
     return f"{value:,.0f}"
 
 
+def _spread(runs) -> str:
+    if not runs or len(runs) < 3:
+        return ""
+    ordered = sorted(runs)
+    middle = ordered[len(ordered) // 2]
+    return f" ±{(ordered[-1] - ordered[0]) / 2 / middle:.0%}" if middle else ""
+
+
 def _median(report: dict, name: str, metric: str):
     cand = report["candidates"].get(name)
     if not cand or not cand["available"]:
@@ -95,8 +103,24 @@ def markdown(report: dict) -> str:
             lines.append(f"| {cand['label']} | not available: {cand['reason']} |"
                          + " |" * (len(metrics) - 1))
             continue
-        cells = [_fmt(cand["medians"].get(m), m) for m in metrics]
+        cells = [_fmt(cand["medians"].get(m), m) + _spread(cand["runs"].get(m)) for m in metrics]
         lines.append(f"| {cand['label']} | " + " | ".join(cells) + " |")
+    lines += ["", "Rounds with 3 or more runs show the spread (max - min) / 2 / median as ±%."]
+    loss_rows = []
+    for cand in report["candidates"].values():
+        cells = []
+        for m in ("udp_flows_pps", "udp_newflows_pps"):
+            details = cand["details"].get(m) or []
+            ratios = sorted(d["delivered_pps"] / d["offered_pps"] for d in details
+                            if d.get("offered_pps"))
+            cells.append(f"{ratios[len(ratios) // 2]:.1%}" if ratios else "–")
+        if any(c != "–" for c in cells):
+            loss_rows.append(f"| {cand['label']} | " + " | ".join(cells) + " |")
+    if loss_rows:
+        lines += ["", "Delivered / offered packets (below 100%: the path dropped; the generator "
+                      "shares the client's CPU with veth delivery, so offered also falls when "
+                      "the path is slow):", "",
+                  "| candidate | udp_flows | udp_newflows |", "|---|---|---|"] + loss_rows
     for baseline in HOST_BASELINES + tuple(report.get("guest_baselines", ())):
         base = report["candidates"].get(baseline)
         if not base or not base["runs"]:

@@ -146,7 +146,7 @@ EST_INTERVAL = 2.0  # ip_vs_est: rates are sampled every 2 seconds
 
 
 @dataclasses.dataclass(frozen=True)
-class PktInfo:
+class _PktInfo:
     """What a scheduler may look at for a new connection (addresses as ipaddress objects)."""
 
     af: int
@@ -155,6 +155,12 @@ class PktInfo:
     sport: int
     daddr: model.IPAddress
     dport: int
+
+
+try:  # the schedulers' own record type, when the scheduler package provides it
+    from lvsuser.schedulers.base import PacketInfo as PktInfo
+except ImportError:  # pragma: no cover - the same fields
+    PktInfo = _PktInfo
 
 
 # ------------------------------------------------------------------------------ checksums
@@ -348,6 +354,20 @@ class _ServiceState:
         self.dest_est = {}  # (addr, port) -> _Estimator
 
 
+def _reuse_scheduler(prev, svc: model.Service):
+    """The previous scheduler instance of the same name, re-pointed at the new service and told
+    its dests changed (update_service): scheduler state such as rr's cursor survives edits."""
+    if prev is None or prev.scheduler is None or prev.svc.scheduler != svc.scheduler:
+        return None
+    scheduler = prev.scheduler
+    try:
+        scheduler.service = svc
+        scheduler.update()
+    except Exception:
+        return None
+    return scheduler
+
+
 def _default_scheduler_factory(name: str, service: model.Service):
     from lvsuser import schedulers
     return schedulers.create(name, service)
@@ -394,10 +414,12 @@ class Core:
                 dest.flags = (old.flags if old else 0) | model.DEST_F_AVAILABLE
                 dest.stats = old.stats if old else model.Stats()
             svc.stats = prev.svc.stats if prev else model.Stats()
-            try:
-                scheduler = self._scheduler_factory(svc.scheduler, svc)
-            except Exception:  # unknown scheduler: the service gets no new connections
-                scheduler = None
+            scheduler = _reuse_scheduler(prev, svc)
+            if scheduler is None:
+                try:
+                    scheduler = self._scheduler_factory(svc.scheduler, svc)
+                except Exception:  # unknown scheduler: the service gets no new connections
+                    scheduler = None
             state = _ServiceState(svc, scheduler)
             if prev:
                 state.est, state.dest_est = prev.est, prev.dest_est
@@ -487,6 +509,8 @@ class Core:
                 return self._reply_out(pkt, conn, now, csum_partial)
         mark = self._mark_of(pkt)
         state = self._find_service(pkt, mark)
+        if state is None and pkt.fragment and self._is_vip(pkt):
+            raise _Reject("fragment")  # a fragment carries no ports: any service on the VIP
         if state is None:
             self._counters["pass_not_service"] += 1
             return (PASS, None, 0)
@@ -537,6 +561,10 @@ class Core:
                 continue
             return rule.mark
         return 0
+
+    def _is_vip(self, pkt: _Packet) -> bool:
+        return any(key[0] == pkt.af and key[1] == pkt.proto and key[2] == pkt.daddr
+                   for key in self._by_addr)
 
     def _find_service(self, pkt: _Packet, mark: int):
         """ip_vs_service_find: fwmark first, then (proto, addr, port), then the port-zero service."""

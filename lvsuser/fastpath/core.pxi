@@ -209,6 +209,18 @@ cdef int32_t lvs_find_service(const lvs_tables *t, const lvs_pkt *p, uint32_t ma
     return s
 
 
+cdef bint lvs_is_vip(const lvs_tables *t, const lvs_pkt *p) noexcept nogil:
+    """Is the destination the address of some (af, proto) service, whatever its port?  (Only
+    asked for fragments, which are rare: a linear scan.)"""
+    cdef uint32_t i
+    for i in range(t.num_services):
+        if (t.services[i].fwmark == 0 and t.services[i].af == p.af
+                and t.services[i].protocol == p.proto
+                and memcmp(t.services[i].addr, p.d + p.daddr_off, p.alen) == 0):
+            return True
+    return False
+
+
 cdef const uint8_t *lvs_local_mac(const lvs_tables *t, int32_t ifindex) noexcept nogil:
     cdef uint32_t i
     for i in range(t.num_macs):

@@ -212,6 +212,8 @@ cdef int lvs_process_frame(lvs_core *core, lvs_frame *f, double now, bint csum_p
         if idx and not lvs_time_after_eq(now_ms, ct.entries[idx].expires):
             return lvs_reply_out(core, f, &p, idx, now, csum_partial)
     svc_idx = lvs_find_service(t, &p, lvs_mark_of(t, &p) if t.num_marks else 0)
+    if svc_idx < 0 and p.fragment and lvs_is_vip(t, &p):
+        return lvs_drop(core, f, C_FRAGMENT)   # a fragment carries no ports: any service on the VIP
     if svc_idx < 0:
         return lvs_pass(core, f, C_PASS_NOT_SERVICE)
     if p.fragment:
@@ -536,11 +538,20 @@ cdef class Core:
                     py_scheds.append(None)
                 else:
                     plugin = None
-                    try:
-                        factory = self._scheduler_factory or _pyfastpath._default_scheduler_factory
-                        plugin = factory(svc.scheduler, svc)
-                    except Exception:
-                        plugin = None
+                    if oi >= 0 and self._py_scheds[oi] is not None \
+                            and self._models[oi].scheduler == svc.scheduler:
+                        plugin = self._py_scheds[oi][0]
+                        try:
+                            plugin.service = svc     # keep its state, as update_service does
+                            plugin.update()
+                        except Exception:
+                            plugin = None
+                    if plugin is None:
+                        try:
+                            factory = self._scheduler_factory or _pyfastpath._default_scheduler_factory
+                            plugin = factory(svc.scheduler, svc)
+                        except Exception:
+                            plugin = None
                     if plugin is not None:
                         new.ext[i].py_sched = i
                         py_scheds.append((plugin, svc))

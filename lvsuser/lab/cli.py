@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 import time
 from collections import Counter
 
@@ -105,7 +106,8 @@ def configure(lab: Lab, plan: Plan) -> None:
     lab.configure_real_servers()
     lab.start_http_servers()
     for note in plan.notes:
-        print(f"  note: {note}")
+        print(textwrap.fill(note, width=96, initial_indent="  note: ",
+                            subsequent_indent="        "))
 
 
 def run_requests(lab: Lab, plan: Plan, count: int) -> tuple[list[dict], list[trace.Frame]]:

@@ -3,13 +3,15 @@
 Theory of operation
 -------------------
 A lab is a `netns.Topology` holding one namespace per host of the plan (client, director,
-rs1, rs2) plus a "switch" namespace with a bridge for the LAN. Hosts are configured the way the
+rs1, rs2) plus a "switch" namespace with one bridge per network; every host interface is a veth
+whose other end is a port of that switch. Hosts are configured the way the
 guide configures them, with our own commands: the director gets ip_forward=1, its VIP, `lvsuser
 run` and the guide's ipvsadm lines through `lvsuser ipvsadm`; each real server gets its step 3 as
 one `lvsuser realserver ...` line and a tiny HTTP server answering its own name. IPv6 is off in
 every lab namespace so that captures hold only the traffic the guide talks about.
 
-Then one sniffer per host captures (trace.py) while the client sends its requests, and the first
+Then a sniffer on the switch captures every wire (trace.py), and one in each real server its
+TUN device, while the client sends its requests, and the first
 request's packets are drawn hop by hop. Everything the lab starts lives inside its namespaces,
 so removing the namespaces (Topology exit, on success, error, Ctrl-C or SIGTERM) ends it all;
 the real servers' state files are undone first so /run is left clean. A kept lab (--keep) is
@@ -93,6 +95,10 @@ class Lab:
             if not self.topo.keep:
                 shutil.rmtree(self.dir, ignore_errors=True)
 
+    @staticmethod
+    def switch_port(role: str, ifname: str) -> str:
+        return f"{role}-{ifname}"[:15]
+
     def ns_name(self, role: str) -> str:
         return f"lvs{self.plan.mode}-{role}-{os.getpid()}"
 
@@ -103,24 +109,25 @@ class Lab:
             ns = self.topo.add_ns(host.role, name=self.ns_name(host.role))
             self.ns[host.role] = ns
             self._quiet_ipv6(ns)
-        switch = None
-        if "lan" in plan.networks:
-            switch = self.topo.add_ns("lan", name=self.ns_name("lan"))
-            self._quiet_ipv6(switch)
-            netns.bridge(switch, "br0")
-        outside = [(h, i) for h in plan.hosts for i in h.interfaces if i.network == "outside"]
-        if outside:
-            (host_a, if_a), (host_b, if_b) = outside
-            netns.veth(self.ns[host_a.role], if_a.name, self.ns[host_b.role], if_b.name, up=False)
+        # every wire goes through the switch namespace: one bridge per network, one port per
+        # host interface. The switch is where the lab captures, so it sees each frame exactly as
+        # it crossed the wire, whatever way the sending host transmitted it.
+        switch = self.topo.add_ns("switch", name=self.ns_name("switch"))
+        self.ns["switch"] = switch
+        self._quiet_ipv6(switch)
+        bridges = {}
+        for number, network in enumerate(plan.networks):
+            bridges[network] = f"br{number}"
+            netns.bridge(switch, bridges[network])
         for host in plan.hosts:
             ns = self.ns[host.role]
             for interface in host.interfaces:
-                if interface.network == "lan":
-                    port = f"{host.role}-{interface.name}"[:15]
-                    netns.veth(ns, interface.name, switch, port, up=False)
-                    with IPRoute(netns=switch) as ipr:
-                        ipr.link("set", index=ipr.link_lookup(ifname=port)[0],
-                                 master=ipr.link_lookup(ifname="br0")[0], state="up")
+                port = self.switch_port(host.role, interface.name)
+                netns.veth(ns, interface.name, switch, port, up=False)
+                with IPRoute(netns=switch) as ipr:
+                    ipr.link("set", index=ipr.link_lookup(ifname=port)[0],
+                             master=ipr.link_lookup(ifname=bridges[interface.network])[0],
+                             state="up")
                 netns.set_mac(ns, interface.name, interface.mac)
                 netns.link_up(ns, interface.name)
                 netns.addr(ns, interface.name, f"{interface.address}/{interface.prefixlen}")
@@ -206,10 +213,13 @@ class Lab:
 
     # ------------------------------------------------------------------ traffic and traces
     def start_sniffers(self) -> None:
-        for role in ("client", "director", *[h.role for h in self.plan.real_servers]):
+        """Capture on the switch (every wire) and, for TUN devices, inside each real server."""
+        points = [("switch", "ether")] + [(h.role, "raw") for h in self.plan.real_servers]
+        for role, links in points:
             proc = self.topo.popen(self.ns[role],
                                    [PYTHON, "-m", "lvsuser.lab.trace", "capture", "--out",
                                     os.path.join(self.dir, f"capture-{role}.jsonl"),
+                                    "--links", links,
                                     "--max-frames", "3000", "--max-seconds", "60"],
                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                    stderr=subprocess.DEVNULL, text=True, env=child_env())
@@ -222,9 +232,23 @@ class Lab:
         self.sniffers.clear()
 
     def captured_frames(self) -> list[trace.Frame]:
+        """Frames as the hosts sent and received them: a frame entering switch port
+        'rs1-eth0' is what rs1 sent out of eth0, one leaving it is what rs1 received."""
+        ports = {self.switch_port(h.role, i.name): (h.role, i)
+                 for h in self.plan.hosts for i in h.interfaces}
         frames = []
-        for role in ("client", "director", *[h.role for h in self.plan.real_servers]):
-            frames += trace.load_capture(role, os.path.join(self.dir, f"capture-{role}.jsonl"))
+        for frame in trace.load_capture("switch", os.path.join(self.dir, "capture-switch.jsonl")):
+            if frame.ifname not in ports:
+                continue  # the bridge devices themselves
+            role, interface = ports[frame.ifname]
+            frame.host, frame.ifname = role, interface.name
+            frame.direction = "out" if frame.direction == "in" else "in"
+            if frame.direction == "in" and not trace.accepted_by(frame.data, interface.mac):
+                continue  # flooded by the bridge to a host whose NIC drops it
+            frames.append(frame)
+        for host in self.plan.real_servers:
+            frames += trace.load_capture(host.role,
+                                         os.path.join(self.dir, f"capture-{host.role}.jsonl"))
         return frames
 
     def save_captures(self, target: str) -> None:

@@ -2,9 +2,11 @@
 
 Theory of operation
 -------------------
-Capture: one sniffer process per namespace (`python3 -m lvsuser.lab.trace capture ...`) opens an
-AF_PACKET socket for all protocols, unbound, so it sees every interface of its namespace,
-including ones created later (the real server's lvtun0), both directions. The kernel stamps each
+Capture: a sniffer process (`python3 -m lvsuser.lab.trace capture ...`) opens an AF_PACKET
+socket for all protocols, unbound, so it sees every interface of its namespace, including ones
+created later (the real server's lvtun0), both directions. The lab runs one on its switch, where
+every wire ends, so frames are seen as they crossed the wire, however the sender transmitted
+them (a director sending with PACKET_QDISC_BYPASS is invisible to taps on its own host). The kernel stamps each
 frame (SO_TIMESTAMPNS) when it is received or sent, on one clock shared by all namespaces, so
 frames from different hosts can be put in the order they happened. Only IPv4 and ARP are kept;
 each frame becomes one JSON line. Sniffers are bounded in frames and seconds.
@@ -43,8 +45,10 @@ SO_TIMESTAMPNS = 35
 
 # --------------------------------------------------------------------------- capture
 
-def capture(out_path: str, max_frames: int, max_seconds: float, ready=sys.stdout) -> int:
-    """Write IPv4/ARP frames seen on any interface of this namespace to OUT_PATH (JSON lines)."""
+def capture(out_path: str, max_frames: int, max_seconds: float, links=("ether", "raw"),
+            ready=sys.stdout) -> int:
+    """Write IPv4/ARP frames seen on any interface of this namespace to OUT_PATH (JSON lines).
+    LINKS picks Ethernet interfaces ("ether") and/or IP-only ones such as TUN devices ("raw")."""
     stopping = False
 
     def request_stop(signum, frame):
@@ -77,6 +81,8 @@ def capture(out_path: str, max_frames: int, max_seconds: float, ready=sys.stdout
                 link = "raw"
             else:
                 continue  # loopback and anything else: not part of a path
+            if link not in links:
+                continue
             stamp = time.time()
             for level, kind, payload in ancillary:
                 if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= 16:
@@ -123,6 +129,14 @@ def load_capture(host: str, path: str) -> list[Frame]:
     except FileNotFoundError:
         pass
     return frames
+
+
+def accepted_by(ethernet_frame: bytes, mac: str) -> bool:
+    """Would a (non-promiscuous) NIC with MAC take this frame: broadcast, multicast, or its own?"""
+    if len(ethernet_frame) < 6:
+        return False
+    destination = ethernet_frame[:6]
+    return bool(destination[0] & 1) or destination == bytes.fromhex(mac.replace(":", ""))
 
 
 def ip_layers(packet) -> list:
@@ -367,9 +381,12 @@ def main(argv: list[str] | None = None) -> int:
     cap.add_argument("--out", required=True)
     cap.add_argument("--max-frames", type=int, default=5000)
     cap.add_argument("--max-seconds", type=float, default=120.0)
+    cap.add_argument("--links", default="ether,raw",
+                     help="ether, raw (TUN devices) or both, comma-separated")
     args = parser.parse_args(argv)
     if args.command == "capture":
-        return capture(args.out, args.max_frames, args.max_seconds)
+        return capture(args.out, args.max_frames, args.max_seconds,
+                       tuple(args.links.split(",")))
     return 2
 
 

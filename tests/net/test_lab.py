@@ -73,9 +73,10 @@ def test_lab_mode_end_to_end(mode, tmp_path):
     rs_mac = rs_host.interfaces[0].mac
     director = plan.host("director")
 
-    # what the director sent for the first request, decoded from its own capture
-    sent = [(ifname, packet) for ifname, direction, packet in load_frames(tmp_path, "director")
-            if direction == "out" and packet.haslayer(TCP)
+    # what the director sent for the first request: frames entering the switch from the
+    # director's ports, decoded here from the raw capture
+    sent = [(ifname, packet) for ifname, direction, packet in load_frames(tmp_path, "switch")
+            if ifname.startswith("director-") and direction == "in" and packet.haslayer(TCP)
             and packet[TCP].sport == port and int(packet[TCP].flags) & 0x12 == 0x02]
     assert sent, "the director's capture holds no forwarded SYN of the first request"
     ifname, packet = sent[0]

@@ -1,0 +1,207 @@
+"""The director's view of its namespace: route/neighbour resolution, the nft guard, the netlink
+monitor, and the AF_PACKET driver on its own (with a minimal routing core), in namespaces."""
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from lvsuser import model
+from lvsuser.director import guard as guard_mod
+from lvsuser.director.forwarding import Resolver
+from lvsuser.director.monitor import Monitor
+
+from .conftest import start_realserver, wait_for
+
+
+def _in(topo, ns, func, *args):
+    """Run FUNC in a thread inside NS: pyroute2 and probe sockets belong to the calling thread's
+    namespace, so every resolver call happens in there."""
+    return topo.call_in(ns, func, *args)
+
+
+def test_resolver_on_link_gateway_local_and_unreachable(topo):
+    dr, rs, gw = topo.add_ns("dr"), topo.add_ns("rs"), topo.add_ns("gw")
+    topo.veth(dr, "eth0", rs, "eth0")
+    topo.veth(dr, "eth1", gw, "eth0")
+    topo.addr(dr, "eth0", "198.18.4.1/24")
+    topo.addr(rs, "eth0", "198.18.4.11/24")
+    topo.addr(dr, "eth1", "198.18.5.1/24")
+    topo.addr(gw, "eth0", "198.18.5.254/24")
+    topo.route(dr, "198.18.6.0/24", "198.18.5.254")
+    resolver = Resolver()
+
+    def resolve(addr):
+        return _in(topo, dr, resolver.resolve, addr)
+
+    try:
+        # on-link: the first look probes the neighbour, a later look has its MAC
+        first = resolve("198.18.4.11")
+        assert first.ifname == "eth0" and first.nexthop == ipaddress.ip_address("198.18.4.11")
+        assert first.src_addr == ipaddress.ip_address("198.18.4.1")
+        assert wait_for(lambda: resolve("198.18.4.11").ready, timeout=5), "neighbour never resolved"
+        egress = resolve("198.18.4.11")
+        assert egress.dst_mac == topo.mac(rs, "eth0")
+        assert egress.src_mac == topo.mac(dr, "eth0")
+        assert egress.mtu == 1500
+        # behind a gateway: the next hop is the gateway, its MAC is the one to use
+        assert wait_for(lambda: resolve("198.18.6.7").ready, timeout=5)
+        via = resolve("198.18.6.7")
+        assert via.nexthop == ipaddress.ip_address("198.18.5.254")
+        assert via.dst_mac == topo.mac(gw, "eth0") and via.ifname == "eth1"
+        # the director's own address is no real server
+        own = resolve("198.18.4.1")
+        assert own.local and not own.ready
+        # no route at all: a reason, not an exception
+        lost = resolve("198.19.200.1")
+        assert not lost.ready and "route" in lost.reason
+    finally:
+        resolver.close()
+
+
+def test_guard_rules_for_services():
+    vip = ipaddress.ip_address("198.18.0.10")
+    svc = model.Service(af=model.AF_INET, protocol=model.IPPROTO_TCP, addr=vip, port=80,
+                        dests=[model.Dest(addr=ipaddress.ip_address("198.18.1.11"), port=8080,
+                                          fwd=model.Forward.MASQ),
+                               model.Dest(addr=ipaddress.ip_address("198.18.1.12"), port=80,
+                                          fwd=model.Forward.ROUTE)])
+    fw = model.Service(af=model.AF_INET, fwmark=7)
+    mark = model.MarkRule(mark=7, dst_net=ipaddress.ip_network("198.18.9.0/24"),
+                          protocol=model.IPPROTO_UDP, dport_lo=1000, dport_hi=2000)
+    rules = guard_mod.service_rules([svc, fw], [mark])
+    assert "ip daddr 198.18.0.10 tcp dport 80 drop" in rules
+    assert "ip saddr 198.18.1.11 tcp sport 8080 drop" in rules  # NAT replies
+    assert not any("198.18.1.12" in r for r in rules)  # DR real servers answer clients directly
+    assert "ip daddr 198.18.9.0/24 udp dport 1000-2000 drop" in rules
+    assert any(r.startswith("ip daddr 198.18.0.10 icmp type") for r in rules)
+
+
+def test_guard_installs_drops_and_removes(topo):
+    cl, dr = topo.add_ns("cl"), topo.add_ns("dr")
+    topo.veth(cl, "eth0", dr, "eth0")
+    topo.addr(cl, "eth0", "198.18.7.2/24")
+    topo.addr(dr, "eth0", "198.18.7.1/24")
+    vip = ipaddress.ip_address("198.18.7.1")  # local: without the guard the kernel answers
+    svc = model.Service(af=model.AF_INET, protocol=model.IPPROTO_TCP, addr=vip, port=80)
+    start_realserver(topo, dr, "director-itself", "198.18.7.1")
+    ok = topo.run(cl, ["curl", "-s", "-m", "3", "http://198.18.7.1/"])
+    assert ok.stdout.strip() == "director-itself"
+    guard = guard_mod.Guard(table=f"lvsuser_test{threading.get_native_id()}")
+    topo.call_in(dr, guard.apply, ["eth0"], guard_mod.service_rules([svc], []))
+    try:
+        listed = topo.run(dr, ["nft", "list", "table", "netdev", guard.table]).stdout
+        assert 'device "eth0"' in listed and "tcp dport 80 drop" in listed
+        blocked = topo.run(cl, ["curl", "-s", "-m", "2", "http://198.18.7.1/"])
+        assert blocked.returncode == 28, blocked  # timed out: the kernel never saw the SYN
+        other = topo.run(cl, ["curl", "-s", "-m", "3", "http://198.18.7.1:9000/"])
+        assert other.returncode != 28  # other ports still reach the kernel (RST -> refused fast)
+    finally:
+        topo.call_in(dr, guard.remove)
+    assert guard.table not in topo.run(dr, ["nft", "list", "tables"]).stdout
+    again = topo.run(cl, ["curl", "-s", "-m", "3", "http://198.18.7.1/"])
+    assert again.stdout.strip() == "director-itself"
+
+
+def test_sweep_removes_tables_of_dead_directors(topo):
+    dr = topo.add_ns("dr")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = f"{guard_mod.TABLE_PREFIX}{dead.pid}"
+    topo.run(dr, ["nft", "add", "table", "netdev", stale], check=True)
+    removed = topo.call_in(dr, guard_mod.sweep_stale)
+    assert stale in removed
+    assert stale not in topo.run(dr, ["nft", "list", "tables"]).stdout
+
+
+def test_monitor_reports_link_and_neighbour_changes(topo):
+    dr, peer = topo.add_ns("dr"), topo.add_ns("pe")
+    calls = []
+    monitor = topo.call_in(dr, Monitor, lambda: calls.append(time.monotonic()), 0.05, 3600)
+    monitor.start()
+    try:
+        time.sleep(0.2)
+        before = len(calls)
+        topo.veth(dr, "eth0", peer, "eth0")
+        assert wait_for(lambda: len(calls) > before, timeout=3), "no callback after a new link"
+    finally:
+        monitor.stop()
+
+
+ROUTER_FRAMES = 400
+
+
+class _MiniRouter:
+    """The smallest core a driver can feed: forwards IPv4 by destination, rewriting MACs only."""
+
+    def __init__(self, table):
+        self.table = table
+        self.seen = 0
+
+    def process(self, frame, ifindex, now):
+        self.seen += 1
+        if frame[12:14] != b"\x08\x00":
+            return (0, None, 0)
+        hop = self.table.get(bytes(frame[30:34]))
+        if hop is None:
+            return (0, None, 0)
+        oif, src_mac, dst_mac = hop
+        return (2, dst_mac + src_mac + frame[12:], oif)
+
+
+def test_afpacket_driver_forwards_tso_and_partial_checksums(topo):
+    """veth hands the ring TSO super-frames with partial checksums; the driver must cut them at
+    the MTU and complete the checksums, or the receiver drops everything."""
+    from lvsuser import _fastpath
+
+    assert hasattr(_fastpath, "AfPacketDriver"), "lvsuser._fastpath lacks the I/O drivers"
+    a, d, b = topo.add_ns("a"), topo.add_ns("d"), topo.add_ns("b")
+    topo.veth(a, "eth0", d, "ea")
+    topo.veth(b, "eth0", d, "eb")
+    topo.addr(a, "eth0", "198.18.8.2/24")
+    topo.addr(d, "ea", "198.18.8.1/24")
+    topo.addr(b, "eth0", "198.18.9.2/24")
+    topo.addr(d, "eb", "198.18.9.1/24")
+    topo.route(a, "default", "198.18.8.1")
+    topo.route(b, "default", "198.18.9.1")
+    # ip_forward stays 0 in d: only the driver can carry traffic across
+
+    def mac(ns, ifname):
+        return bytes.fromhex(topo.mac(ns, ifname).replace(":", ""))
+
+    from pyroute2 import IPRoute
+
+    with IPRoute(netns=d) as ipr:
+        ia = ipr.link_lookup(ifname="ea")[0]
+        ib = ipr.link_lookup(ifname="eb")[0]
+    core = _MiniRouter({bytes([198, 18, 9, 2]): (ib, mac(d, "eb"), mac(b, "eth0")),
+                        bytes([198, 18, 8, 2]): (ia, mac(d, "ea"), mac(a, "eth0"))})
+    driver = topo.call_in(d, _fastpath.AfPacketDriver, core, [(ia, 1500), (ib, 1500)])
+    runner = threading.Thread(target=driver.run, daemon=True)
+    runner.start()
+    try:
+        start_realserver(topo, b, "far", "198.18.9.2")
+        small = topo.run(a, ["curl", "-s", "-m", "5", "http://198.18.9.2/"])
+        assert small.stdout.strip() == "far", small
+        big = topo.run(a, ["curl", "-s", "-m", "10", "-o", "/dev/null", "-w", "%{size_download}",
+                           "http://198.18.9.2/bytes/3000000"])
+        assert big.stdout == "3000000", big
+        # the upload direction: a's TSO frames through the ring too
+        upload = topo.run(a, ["curl", "-s", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}",
+                              "-H", "X-Fill: " + "y" * 60000, "http://198.18.9.2/"])
+        assert upload.stdout == "200", upload
+    finally:
+        driver.stop()
+        runner.join(5)
+    stats = driver.stats()
+    driver.close()
+    assert stats["gso_split"] > 0 and stats["gso_segments"] > stats["gso_split"], stats
+    assert stats["csum_completed"] > 0, stats
+    assert stats["tx_frames"] >= stats["rx_frames"] > 0, stats
+    for reason in ("drop_truncated", "drop_tx_full", "drop_tx_too_big", "drop_tx_no_ring"):
+        assert stats[reason] == 0, stats
+    assert core.seen > 0

@@ -9,7 +9,7 @@ the socket.  The main thread then sleeps until a signal arrives: SIGTERM/SIGINT 
 removed, backend closed), SIGHUP reloads the rules file.  A reload replaces the whole table in
 one transaction -- flush plus the file's rules -- so clients never see a half-loaded table; a
 file that fails to parse or apply is logged and the running table is kept.  Signal handlers
-only set flags; the work happens in the main loop, outside the handler.
+only set flags; the main loop polls them and does the work outside the handler.
 """
 from __future__ import annotations
 
@@ -131,11 +131,15 @@ class Director:
         self.ready.set()
         try:
             while not self._stop_requested:
-                self._wake.wait()
+                # Signal handlers only set flags (an Event.set() from a handler could deadlock on
+                # the Event's own lock), so poll them a few times a second.
+                self._wake.wait(timeout=0.2)
                 self._wake.clear()
                 if self._reload_requested and not self._stop_requested:
                     self._reload_requested = False
+                    log.info("reloading rules")
                     self.reload()
+            log.info("stopping")
         finally:
             self.server.stop()
             log.info("control socket %s removed", self.control_path)
@@ -146,12 +150,10 @@ def install_signal_handlers(director: Director) -> Callable[[], None]:
     previous = {}
 
     def on_stop(signum, frame):
-        log.info("signal %d: stopping", signum)
-        director.request_stop()
+        director._stop_requested = True  # only a flag: no locks, no logging in a handler
 
     def on_hup(signum, frame):
-        log.info("SIGHUP: reloading rules")
-        director.request_reload()
+        director._reload_requested = True
 
     for signum, handler in ((signal.SIGTERM, on_stop), (signal.SIGINT, on_stop),
                             (signal.SIGHUP, on_hup)):

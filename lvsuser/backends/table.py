@@ -19,8 +19,9 @@ gets; ``ipvsadm`` turns that errno into its message.  This module reproduces tho
 * SET_CONFIG (timeouts): zero leaves a value unchanged; negative or too large is EINVAL.
 
 Every public operation takes one lock and either completes or raises ``IPVSError`` having
-changed nothing.  ``transaction()`` extends that to a batch (``ipvsadm -R``, ``--rules``):
-inside it, a failure anywhere restores the snapshot taken at its start.
+changed nothing: each runs in a ``transaction()``, which snapshots the table, and restores it if
+anything fails -- the operation itself or ``_changed()`` publishing its result.  A batch
+(``ipvsadm -R``, ``--rules``) is one transaction around many operations and publishes once.
 
 Listing order: ``get_services()`` returns services in the order the kernel's netlink dump walks
 them -- bucket by bucket through the service hash table, then the fwmark table, newest first in
@@ -42,6 +43,7 @@ import contextlib
 import copy
 import errno
 import ipaddress
+import logging
 import threading
 from typing import Iterator, Optional
 
@@ -61,6 +63,8 @@ from lvsuser.model import (
     Timeouts,
     TunType,
 )
+
+log = logging.getLogger("lvsuser.table")
 
 # The schedulers and persistence engines a kernel with all IPVS modules offers.
 KERNEL_SCHEDULERS = frozenset(
@@ -147,52 +151,62 @@ class TableBackend(Backend):
 
     # --- atomicity -----------------------------------------------------------------------------
     def _commit(self) -> None:
-        if self._transaction_depth:
-            self._changed_in_transaction = True
-        else:
-            self._changed()
+        """Mark the table changed; ``_changed()`` runs when the outermost transaction ends."""
+        self._changed_in_transaction = True
+
+    def _state(self) -> dict:
+        return {
+            "services": copy.deepcopy(self._services),
+            "ages": dict(self._service_age),
+            "next_age": self._next_age,
+            "timeouts": copy.deepcopy(self._timeouts),
+            "mark_rules": list(self._mark_rules),
+        }
+
+    def _set_state(self, snap: dict) -> None:
+        self._services = copy.deepcopy(snap["services"])
+        self._service_age = dict(snap["ages"])
+        self._next_age = snap["next_age"]
+        self._timeouts = copy.deepcopy(snap["timeouts"])
+        self._mark_rules = list(snap["mark_rules"])
 
     def snapshot(self) -> dict:
+        """The whole table, to hand back to ``restore_snapshot()`` later."""
         with self._lock:
-            return {
-                "services": copy.deepcopy(self._services),
-                "ages": dict(self._service_age),
-                "next_age": self._next_age,
-                "timeouts": copy.deepcopy(self._timeouts),
-                "mark_rules": list(self._mark_rules),
-            }
+            return self._state()
 
     def restore_snapshot(self, snap: dict) -> None:
-        with self._lock:
-            self._services = copy.deepcopy(snap["services"])
-            self._service_age = dict(snap["ages"])
-            self._next_age = snap["next_age"]
-            self._timeouts = copy.deepcopy(snap["timeouts"])
-            self._mark_rules = list(snap["mark_rules"])
+        with self.transaction():
+            self._set_state(snap)
             self._commit()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator["TableBackend"]:
-        """All-or-nothing: an exception inside restores the table as it was at the start."""
+        """All-or-nothing: an exception inside -- or from ``_changed()`` publishing the result --
+        puts the table back as it was at the start.  Nested transactions join the outer one."""
         with self._lock:
-            snap = self.snapshot() if self._transaction_depth == 0 else None
+            outer = self._transaction_depth == 0
+            snap = self._state() if outer else None
             self._transaction_depth += 1
+            publishing = False
             try:
                 yield self
-            except BaseException:
-                self._transaction_depth -= 1
-                if snap is not None:
-                    self._services = snap["services"]
-                    self._service_age = snap["ages"]
-                    self._next_age = snap["next_age"]
-                    self._timeouts = snap["timeouts"]
-                    self._mark_rules = snap["mark_rules"]
+                if outer and self._changed_in_transaction:
                     self._changed_in_transaction = False
+                    publishing = True
+                    self._changed()
+            except BaseException:
+                if outer:
+                    self._set_state(snap)
+                    self._changed_in_transaction = False
+                    if publishing:  # the subclass may hold half of the new table: give it the old
+                        try:
+                            self._changed()
+                        except Exception:
+                            log.exception("republishing the restored table failed")
                 raise
-            self._transaction_depth -= 1
-            if self._transaction_depth == 0 and self._changed_in_transaction:
-                self._changed_in_transaction = False
-                self._changed()
+            finally:
+                self._transaction_depth -= 1
 
     BATCH_OPERATIONS = frozenset({
         "add_service", "edit_service", "del_service", "flush", "zero", "add_dest", "edit_dest",
@@ -200,7 +214,7 @@ class TableBackend(Backend):
     })
 
     def apply_batch(self, operations: list[tuple[str, dict]]) -> None:
-        """Apply (method name, keyword args) pairs all-or-nothing.
+        """Apply (method name, keyword args) pairs all-or-nothing, publishing once.
 
         On failure raises ``BatchFailed`` carrying the index of the refused operation; the
         table is then exactly as before the call."""
@@ -252,7 +266,7 @@ class TableBackend(Backend):
         return svc
 
     def add_service(self, svc: Service) -> None:
-        with self._lock:
+        with self.transaction():
             key = svc.key
             self._check_service_key(key)
             if key in self._services:
@@ -276,7 +290,7 @@ class TableBackend(Backend):
             self._commit()
 
     def edit_service(self, svc: Service) -> None:
-        with self._lock:
+        with self.transaction():
             key = svc.key
             self._check_service_key(key)
             stored = self._lookup(key)
@@ -289,7 +303,7 @@ class TableBackend(Backend):
             self._commit()
 
     def del_service(self, key: ServiceKey) -> None:
-        with self._lock:
+        with self.transaction():
             self._check_service_key(key)
             self._lookup(key)
             del self._services[key]
@@ -318,13 +332,13 @@ class TableBackend(Backend):
             return copied
 
     def flush(self) -> None:
-        with self._lock:
+        with self.transaction():
             self._services.clear()
             self._service_age.clear()
             self._commit()
 
     def zero(self, key: Optional[ServiceKey] = None) -> None:
-        with self._lock:
+        with self.transaction():
             if key is None:
                 targets = list(self._services.values())
             else:
@@ -381,7 +395,7 @@ class TableBackend(Backend):
         stored.flags |= model.DEST_F_AVAILABLE
 
     def add_dest(self, key: ServiceKey, dest: Dest) -> None:
-        with self._lock:
+        with self.transaction():
             self._check_service_key(key)
             svc = self._lookup(key)
             self._check_dest(svc, dest, full=True)
@@ -396,7 +410,7 @@ class TableBackend(Backend):
             self._commit()
 
     def edit_dest(self, key: ServiceKey, dest: Dest) -> None:
-        with self._lock:
+        with self.transaction():
             self._check_service_key(key)
             svc = self._lookup(key)
             self._check_dest(svc, dest, full=True)
@@ -407,7 +421,7 @@ class TableBackend(Backend):
             self._commit()
 
     def del_dest(self, key: ServiceKey, dest: Dest) -> None:
-        with self._lock:
+        with self.transaction():
             self._check_service_key(key)
             svc = self._lookup(key)
             self._check_dest(svc, dest, full=False)
@@ -423,7 +437,7 @@ class TableBackend(Backend):
             return copy.copy(self._timeouts)
 
     def set_timeouts(self, timeouts: Timeouts) -> None:
-        with self._lock:
+        with self.transaction():
             values = (timeouts.tcp, timeouts.tcp_fin, timeouts.udp)
             if any(v < 0 or v > HZ_TIMEOUT_LIMIT for v in values):
                 raise IPVSError(errno.EINVAL, "timeout out of range")
@@ -441,7 +455,7 @@ class TableBackend(Backend):
 
     # --- firewall-mark rules -----------------------------------------------------------------
     def add_mark_rule(self, rule: MarkRule) -> None:
-        with self._lock:
+        with self.transaction():
             if not 0 < rule.mark <= 0xFFFFFFFF:
                 raise IPVSError(errno.EINVAL, "mark must be 1..4294967295")
             if not 0 <= rule.dport_lo <= rule.dport_hi <= 0xFFFF:
@@ -454,7 +468,7 @@ class TableBackend(Backend):
             self._commit()
 
     def del_mark_rule(self, rule: MarkRule) -> None:
-        with self._lock:
+        with self.transaction():
             if rule not in self._mark_rules:
                 raise IPVSError(errno.ENOENT, "no such mark rule")
             self._mark_rules.remove(rule)

@@ -240,3 +240,39 @@ def test_concurrent_adds_and_deletes_leave_a_consistent_table():
     assert not errors
     assert sorted(str(d.addr) for d in table.get_service(svc.key).dests) == sorted(
         f"198.18.2.{n}" for n in range(1, 9))
+
+
+class FailingPublisher(TableBackend):
+    """A subclass whose publishing fails once, like a datapath refusing a configuration."""
+
+    def __init__(self):
+        super().__init__()
+        self.fail_next = False
+        self.published = []
+
+    def _changed(self):
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("datapath refused the table")
+        self.published.append([s.key for s in self.get_services()])
+
+
+def test_a_failed_publish_rolls_the_change_back_and_republishes_the_old_table():
+    table = FailingPublisher()
+    table.add_service(tcp_service(80))
+    table.fail_next = True
+    with pytest.raises(RuntimeError):
+        table.add_service(tcp_service(81))
+    assert [s.port for s in table.get_services()] == [80]
+    assert table.published[-1] == [tcp_service(80).key]
+
+
+def test_snapshot_and_restore():
+    table = TableBackend()
+    table.add_service(tcp_service(80))
+    snap = table.snapshot()
+    table.add_service(tcp_service(81))
+    table.set_timeouts(Timeouts(tcp=5, tcp_fin=0, udp=0))
+    table.restore_snapshot(snap)
+    assert [s.port for s in table.get_services()] == [80]
+    assert table.get_timeouts() == Timeouts()

@@ -66,7 +66,8 @@ def _scenarios():
         {"name": "nq", "scheduler": "nq", "steps": [
             ("add", 11, 1), ("add", 12, 3), ("add", 13, 2), *hold_close]},
         {"name": "fo", "scheduler": "fo", "steps": [
-            ("add", 11, 2), ("add", 12, 5, 3), ("add", 13, 5, 2), *hold_close]},
+            ("add", 11, 2), ("add", 12, 5), ("add", 13, 5), *hold_close[:4], ("edit", 13, 1),
+            *hold_close[4:8], ("edit", 12, 0), *hold_close[8:12]]},
         {"name": "ovf", "scheduler": "ovf", "steps": [
             ("add", 11, 1), ("add", 12, 3), ("add", 13, 2),
             *[("conn", c, "hold") for c in range(1, 10)]]},
@@ -254,7 +255,12 @@ def kernel_records(guest):
         "'from tests.kernel.test_sched_differential import guest_main; guest_main()'",
         timeout=900)
     assert result.rc == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    records = json.loads(result.stdout.strip().splitlines()[-1])
+    dump = os.environ.get("LVSUSER_SCHED_DUMP")
+    if dump:  # for looking at what the kernel did
+        with open(dump, "w") as f:
+            json.dump(records, f, indent=1)
+    return records
 
 
 SCENARIOS = {s["name"]: s for s in _scenarios()}
@@ -330,4 +336,10 @@ def test_scheduler_decisions_match_kernel_ipvs(kernel_records, name):
         assert c_addr == record["reached"], where
         templates[client] = record["reached"]
         decisions += 1
+    # The scenario exercised something: several dests were reached (dh hashes one VIP only),
+    # and "no dest" happened where the steps make it happen.
+    reached = [r["reached"] for r in records if r["step"][0] == "conn"]
     assert decisions >= 3
+    if scenario["scheduler"] != "dh":
+        assert len(set(reached) - {None}) >= 2
+    assert (None in reached) == (name in ("rr", "wrr", "sh-zero"))

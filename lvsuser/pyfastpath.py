@@ -524,13 +524,13 @@ class Core:
         conn = self._conn_in.get(key)
         if conn is not None and conn.expires <= now:
             self._counters["conn_expired"] += 1
-            self._expire_conn(conn)
+            self._expire_conn(conn, now)
             conn = None
         if conn is not None and pkt.proto == model.IPPROTO_TCP and pkt.tcp_flags & 0x02 \
                 and conn.control is None and conn.state in (S_TIME_WAIT, S_CLOSE):
             # conn_reuse_mode: a new SYN on a finished connection is a new connection.
             self._counters["conn_reused"] += 1
-            self._expire_conn(conn)
+            self._expire_conn(conn, now)
             conn = None
         if conn is None:
             if pkt.proto == model.IPPROTO_TCP and not (pkt.tcp_flags & 0x02 and not pkt.tcp_flags & 0x04):
@@ -594,7 +594,7 @@ class Core:
             tkey = self._template_key(svc, pkt)
             template = self._templates.get(tkey)
             if template is not None and (template.expires <= now and not template.n_control):
-                self._expire_conn(template)
+                self._expire_conn(template, now)
                 template = None
             if template is not None and template.dest is not None:
                 dest = template.dest
@@ -693,8 +693,9 @@ class Core:
             dest.flags |= model.DEST_F_OVERLOAD
         return conn
 
-    def _expire_conn(self, conn: _Conn) -> None:
-        """ip_vs_conn_expire + ip_vs_unbind_dest: unhash, uncount, release the template."""
+    def _expire_conn(self, conn: _Conn, now: Optional[float] = None) -> None:
+        """ip_vs_conn_expire + ip_vs_unbind_dest: unhash, uncount, release the template.  A
+        template whose last connection goes and whose own time is up goes too."""
         if conn.flags & CONN_F_TEMPLATE:
             self._templates.pop(conn.tkey, None)
         else:
@@ -702,9 +703,21 @@ class Core:
                 del self._conn_in[conn.in_key()]
             if self._conn_out.get(conn.out_key()) is conn:
                 del self._conn_out[conn.out_key()]
-        if conn.control is not None:
-            conn.control.n_control -= 1
+        template = conn.control
+        if template is not None:
+            template.n_control -= 1
             conn.control = None
+        self._unbind(conn)
+        if template is not None and not template.n_control and now is not None \
+                and template.dest is not None:
+            # while this connection lived, every firing of the template's timer re-armed it
+            while template.timeout > 0 and template.expires < conn.expires:
+                template.expires += template.timeout
+            if template.expires <= now:
+                self._expire_conn(template, now)
+                self._counters["conn_expired"] += 1
+
+    def _unbind(self, conn: _Conn) -> None:
         dest = conn.dest
         if dest is None:
             return
@@ -1070,20 +1083,18 @@ class Core:
         return gone
 
     def _sweep(self, now: float) -> int:
-        gone = 0
-        for conn in list(self._conn_in.values()):
-            if conn.expires <= now:
-                self._expire_conn(conn)
-                gone += 1
-        for tmpl in list(self._templates.values()):
-            if tmpl.expires <= now:
-                if tmpl.n_control:
-                    tmpl.expires = now + tmpl.timeout  # expire_later: controlled conns remain
-                else:
-                    self._expire_conn(tmpl)
-                    gone += 1
-        self._counters["conn_expired"] += gone
-        return gone
+        before = self._counters["conn_expired"]
+        for conn in list(self._templates.values()) + list(self._conn_in.values()):
+            if conn.dest is None or conn.expires > now:
+                continue  # already gone (with its last connection), or not due
+            if conn.flags & CONN_F_TEMPLATE and conn.n_control:
+                # expire_later: the timer found live connections and re-armed from its firing
+                while conn.timeout > 0 and conn.expires <= now:
+                    conn.expires += conn.timeout
+            else:
+                self._expire_conn(conn, now)
+                self._counters["conn_expired"] += 1
+        return self._counters["conn_expired"] - before
 
     def _estimate(self, now: float) -> None:
         if self._next_est is None:
@@ -1144,6 +1155,10 @@ class Core:
 
     def counters(self) -> dict:
         return dict(self._counters)
+
+    @staticmethod
+    def tcp_state_table() -> tuple:
+        return TCP_STATES
 
     def conn_count(self) -> int:
         return len(self._conn_in) + len(self._templates)

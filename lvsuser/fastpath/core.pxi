@@ -198,11 +198,11 @@ cdef int32_t lvs_find_service(const lvs_tables *t, const lvs_pkt *p, uint32_t ma
     cdef uint8_t addr[16]
     cdef int32_t s
     memset(addr, 0, 16)
-    memcpy(addr, p.d + p.daddr_off, p.alen)
     if mark:
-        s = lvs_find_service_key(t, p.af, 0, addr, 0, mark)
+        s = lvs_find_service_key(t, p.af, 0, addr, 0, mark)    # fwmark services have no address
         if s >= 0:
             return s
+    memcpy(addr, p.d + p.daddr_off, p.alen)
     s = lvs_find_service_key(t, p.af, p.proto, addr, p.dport if p.has_ports else 0, 0)
     if s < 0:
         s = lvs_find_service_key(t, p.af, p.proto, addr, 0, 0)
@@ -301,33 +301,51 @@ cdef void lvs_dest_uncount(lvs_dest *dest, uint16_t flags) noexcept nogil:
         dest.flags &= ~LVS_DEST_F_OVERLOAD
 
 
-cdef void lvs_conn_expire(lvs_core *core, uint32_t idx) noexcept nogil:
-    """ip_vs_conn_expire: unhash, uncount, release the template, free the entry."""
+cdef void lvs_conn_expire(lvs_core *core, uint32_t idx, uint32_t now_ms) noexcept nogil:
+    """ip_vs_conn_expire: unhash, uncount, release the template, free the entry.  A template
+    whose last connection goes and whose own time is already up goes too (its timer would
+    have fired and found no connection left)."""
     cdef lvs_conntab *t = &core.conns
     cdef lvs_conn *c = &t.entries[idx]
     cdef lvs_dest *dest = lvs_conn_dest(core, c)
+    cdef uint32_t template = 0, step
+    cdef uint32_t conn_end = c.expires
+    cdef lvs_conn *tc
     lvs_conn_unlink_in(t, idx)
     if not (c.flags & LVS_CONN_TEMPLATE):
         if ((c.flags >> LVS_CONN_FWD_SHIFT) & 7) == LVS_FWD_MASQ:
             lvs_conn_unlink_out(t, idx, dest.addr)
         if c.control and t.entries[c.control].control > 0:
-            t.entries[c.control].control -= 1
+            template = c.control
+            t.entries[template].control -= 1
     lvs_dest_uncount(dest, c.flags)
     lvs_conn_release(t, idx)
+    if template and t.entries[template].control == 0:
+        # While this connection lived, every firing of the template's timer re-armed it.
+        tc = &t.entries[template]
+        step = lvs_conn_timeout_ms(core, tc)
+        while step and not lvs_time_after_eq(tc.expires, conn_end):
+            tc.expires += step
+        if lvs_time_after_eq(now_ms, tc.expires):
+            lvs_conn_expire(core, template, now_ms)
+            core.counters[C_CONN_EXPIRED] += 1
 
 
 cdef void lvs_sweep(lvs_core *core, uint32_t now_ms, uint32_t budget) noexcept nogil:
     """Visit `budget` slots from the cursor on; expire what is due (templates only when free)."""
     cdef lvs_conntab *t = &core.conns
     cdef lvs_conn *c
-    cdef uint32_t i
+    cdef uint32_t i, step
     for i in range(budget):
         c = &t.entries[t.sweep_cursor]
         if c.flags & LVS_CONN_USED and lvs_time_after_eq(now_ms, c.expires):
             if c.flags & LVS_CONN_TEMPLATE and c.control:
-                c.expires = now_ms + lvs_conn_timeout_ms(core, c)   # expire_later
+                # expire_later: the timer found live connections and re-armed from its firing
+                step = lvs_conn_timeout_ms(core, c)
+                while step and lvs_time_after_eq(now_ms, c.expires):
+                    c.expires += step
             else:
-                lvs_conn_expire(core, t.sweep_cursor)
+                lvs_conn_expire(core, t.sweep_cursor, now_ms)
                 core.counters[C_CONN_EXPIRED] += 1
         t.sweep_cursor += 1
         if t.sweep_cursor > t.capacity:

@@ -105,7 +105,7 @@ cdef int lvs_schedule(lvs_core *core, lvs_frame *f, lvs_pkt *p, uint32_t svc_idx
         tidx = lvs_conn_in_find(&core.conns, tproto, LVS_CONN_TEMPLATE, snet, 0, tvaddr, tvport, p.alen)
         if tidx and lvs_time_after_eq(now_ms, core.conns.entries[tidx].expires) \
                 and core.conns.entries[tidx].control == 0:
-            lvs_conn_expire(core, tidx)
+            lvs_conn_expire(core, tidx, now_ms)
             tidx = 0
         if tidx:
             d = core.conns.entries[tidx].dest
@@ -225,13 +225,13 @@ cdef int lvs_process_frame(lvs_core *core, lvs_frame *f, double now, bint csum_p
     idx = lvs_conn_in_find(ct, p.proto, 0, d + p.saddr_off, p.sport, d + p.daddr_off, p.dport, p.alen)
     if idx and lvs_time_after_eq(now_ms, ct.entries[idx].expires):
         core.counters[C_CONN_EXPIRED] += 1
-        lvs_conn_expire(core, idx)
+        lvs_conn_expire(core, idx, now_ms)
         idx = 0
     if (idx and p.proto == PROTO_TCP_ and p.tcp_flags & 0x02 and ct.entries[idx].control == 0
             and (ct.entries[idx].state == TS_TIME_WAIT or ct.entries[idx].state == TS_CLOSE)):
         # conn_reuse_mode: a new SYN on a finished connection is a new connection, at once.
         core.counters[C_CONN_REUSED] += 1
-        lvs_conn_expire(core, idx)
+        lvs_conn_expire(core, idx, now_ms)
         idx = 0
     if idx == 0:
         if p.proto == PROTO_TCP_ and not ((p.tcp_flags & 0x02) and not (p.tcp_flags & 0x04)):

@@ -187,3 +187,29 @@ def test_protocol_rejects_unknown_types_and_fields():
         protocol.decode({"__ip__": "not-an-ip"})
     svc = tcp_service()
     assert protocol.decode(protocol.encode(svc)) == svc
+
+
+def test_ipvsadm_over_the_socket_including_an_atomic_restore(served):
+    import io
+
+    from lvsuser.control import ipvsadm
+
+    backend, path, _ = served
+
+    def cli(*args, stdin=""):
+        out, err = io.StringIO(), io.StringIO()
+        rc = ipvsadm.main(["--control", path, *args], stdin=io.StringIO(stdin), stdout=out,
+                          stderr=err, resolver=ipvsadm.NumericResolver())
+        return rc, out.getvalue(), err.getvalue()
+
+    assert cli("-A", "-t", "198.18.0.10:80", "-s", "rr") == (0, "", "")
+    assert cli("-a", "-t", "198.18.0.10:80", "-r", "198.18.1.1", "-m", "-w", "3") == (0, "", "")
+    assert cli("-A", "-t", "198.18.0.10:80") == (255, "", "Service already exists\n")
+    rc, saved, _ = cli("-Sn")
+    assert saved == "-A -t 198.18.0.10:80 -s rr\n-a -t 198.18.0.10:80 -r 198.18.1.1:80 -m -w 3\n"
+    assert cli("-C") == (0, "", "")
+    assert cli("-R", stdin=saved + "-A -t 198.18.0.11:80 -s nosuch\n")[0] == 255
+    assert backend.get_services() == []
+    assert cli("-R", stdin=saved) == (0, "", "")
+    assert cli("-Sn")[1] == saved
+    assert cli("-L", "--timeout") == (0, "Timeout (tcp tcpfin udp): 900 120 300\n", "")

@@ -20,6 +20,8 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 
+PROFILED = ("lvsuser-nat-afpacket", "lvsuser-dr-afpacket")
+
 MODES = {
     # mode: (rounds, seconds per metric)
     "quick": (2, 1.0),
@@ -114,11 +116,12 @@ def main(argv=None) -> int:
             with BenchTopology() as topo, traffic.HttpServers(topo, workdir):
                 results = runner.run_rounds(candidates, settings, workdir, topo)
                 report_data["candidates"] = {n: r.to_json() for n, r in results.items()}
-                if use_profile:
-                    nat = next((c for c in candidates if c.name == "lvsuser-nat-afpacket"), None)
-                    if nat is not None and results[nat.name].available:
-                        found = profile.profile_candidate(topo, nat, settings, workdir)
-                        report_data["profiles"][nat.name] = found
+                if use_profile:  # the candidates the targets are about
+                    for cand in candidates:
+                        if cand.name in PROFILED and results[cand.name].available:
+                            runner.log(f"profiling {cand.name}")
+                            report_data["profiles"][cand.name] = profile.profile_candidate(
+                                topo, cand, settings, workdir)
         except KeyboardInterrupt:
             print("python3 -m bench: interrupted; namespaces removed, no report written",
                   file=sys.stderr)

@@ -18,6 +18,13 @@ from bench.topology import HTTP_PORT, UDP_PORT, VIP, BenchTopology
 LVSUSER_CPU = "1"  # the generator has CPU 0; keep the director's process off it
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of PID (all its threads) so far, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Unavailable(Exception):
     """This candidate cannot run here; str() is the reason shown in the report."""
 
@@ -38,6 +45,10 @@ class Candidate:
 
     def http_target(self, topo: BenchTopology) -> str:
         return VIP
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time used so far by this candidate's director process; None if it has none."""
+        return None
 
 
 class KernelForwarding(Candidate):
@@ -137,6 +148,14 @@ class Lvsuser(Candidate):
             self._ipvsadm(topo, "-A", proto, f"{VIP}:{port}", "-s", "rr")
             for rs in topo.real_servers:
                 self._ipvsadm(topo, "-a", proto, f"{VIP}:{port}", "-r", f"{rs.addr}:{port}", flag)
+
+    def cpu_seconds(self):
+        if self.proc is None:
+            return None
+        try:
+            return process_cpu_seconds(self.proc.pid)
+        except OSError:
+            return None
 
     def _ipvsadm(self, topo, *args):
         env = dict(LVSUSER_ENV, LVSUSER_CONTROL=self.control)

@@ -14,13 +14,7 @@ import shutil
 import subprocess
 
 from bench import traffic
-
-
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of PID and its threads so far, in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+from bench.candidates import process_cpu_seconds
 
 
 def _classify(report_text: str) -> dict[str, float]:
@@ -50,7 +44,7 @@ def profile_candidate(topo, candidate, settings, workdir: str) -> dict:
     try:
         candidate.start(topo, workdir)
         pid = candidate.proc.pid
-        cpu_before = _cpu_seconds(pid)
+        cpu_before = process_cpu_seconds(pid)
         recorder = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "999",
                                      "-p", str(pid), "-o", data],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -64,12 +58,13 @@ def profile_candidate(topo, candidate, settings, workdir: str) -> dict:
             except subprocess.TimeoutExpired:
                 recorder.kill()
                 recorder.wait()
-        busy = (_cpu_seconds(pid) - cpu_before) / run.seconds
+        busy = (process_cpu_seconds(pid) - cpu_before) / run.seconds
     finally:
         candidate.stop(topo)
     result = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children",
                              "--sort", "dso,symbol"], capture_output=True, text=True, timeout=60)
-    lines = [line for line in result.stdout.splitlines()
+    # perf appends empty sort columns ("-  -") to each line; keep share, dso and symbol.
+    lines = [re.sub(r"(\s+-)+\s*$", "", line) for line in result.stdout.splitlines()
              if line.strip() and not line.startswith("#")]
     top = "\n".join(lines[:15])
     shares = _classify(result.stdout)

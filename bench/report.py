@@ -52,6 +52,25 @@ def _median(report: dict, name: str, metric: str):
     return cand["medians"].get(metric)
 
 
+def _limit(report: dict, name: str, metric: str) -> str:
+    """What we know about why NAME fell short on METRIC: its CPU use there, and the profile."""
+    facts = []
+    details = report["candidates"].get(name, {}).get("details", {}).get(metric, [])
+    shares = sorted(d["director_cpu"] for d in details if "director_cpu" in d)
+    if shares:
+        share = shares[len(shares) // 2]
+        facts.append(f"the director process used {share:.0%} of one CPU during this metric"
+                     + (" (saturated: the director's own work is the limit)" if share > 0.85 else
+                        " (not saturated: the limit is waiting, batching or a timer, or the "
+                        "path outside the process)"))
+    profile = report.get("profiles", {}).get(name)
+    if profile:
+        facts.append("profile of a packet-rate run: " + profile["summary"])
+    else:
+        facts.append("no profile in this mode (`python3 -m bench --full` takes one)")
+    return "; ".join(facts)
+
+
 def evaluate_targets(report: dict) -> list[dict]:
     verdicts = []
     for text, name, metric, baseline, kind, threshold in TARGETS:
@@ -69,9 +88,7 @@ def evaluate_targets(report: dict) -> list[dict]:
             added = value - base
             entry.update(status="met" if added <= threshold else "missed", reached=round(added, 1))
         if entry["status"] == "missed":
-            profile = report.get("profiles", {}).get(name)
-            entry["limit"] = (profile["summary"] if profile else
-                              "no profile taken in this mode (run `python3 -m bench --full`)")
+            entry["limit"] = _limit(report, name, metric)
         verdicts.append(entry)
     microbench = report.get("conntab")
     conntab = {"target": "connection table <= 64 bytes/entry, 10M entries, flat lookups"}
@@ -174,7 +191,8 @@ def markdown(report: dict) -> str:
         lines += ["", "## Errors during measurement", ""]
         lines += [f"- {label}: {e}" for label, e in errors]
     for name, profile in report.get("profiles", {}).items():
-        lines += ["", f"## Profile: {name}", "", "```", profile["top"].rstrip(), "```"]
+        lines += ["", f"## Profile: {name}", "", profile["summary"], "", "```",
+                  profile["top"].rstrip(), "```"]
     lines += ["", "Raw numbers per round, offered vs delivered packets, wrk details: report.json."]
     return "\n".join(lines) + "\n"
 

@@ -73,34 +73,51 @@ def log(message: str) -> None:
 
 def measure_once(topo: BenchTopology, candidate: Candidate, result: CandidateResult,
                  settings: Settings, workdir: str) -> None:
-    """Every metric of SETTINGS once for CANDIDATE (already started)."""
+    """Every metric of SETTINGS once for CANDIDATE (already started).
+
+    For candidates with a director process (lvsuser), each record also carries the share of one
+    CPU that process used during the metric: near 100% means the director is the limit, far
+    below means something else is (the generator, veth, a timer or batching delay)."""
     for metric in settings.metrics:
+        if metric == "http_p99_us" and "http_p50_us" in settings.metrics:
+            continue  # one latency run feeds both percentiles
+        cpu_before, wall_before = candidate.cpu_seconds(), time.monotonic()
         try:
-            if metric in ("udp_flows_pps", "udp_newflows_pps"):
-                variant = "flows" if metric == "udp_flows_pps" else "newflows"
-                run = traffic.packet_rate(topo, variant, candidate.udp_targets(topo),
-                                          settings.seconds, workdir)
-                result.record(metric, run.delivered_pps, {
-                    "seconds": round(run.seconds, 3), "offered": run.offered,
-                    "offered_pps": round(run.offered_pps), "delivered": run.delivered,
-                    "delivered_seconds": {k: round(v, 3) for k, v in run.delivered_seconds.items()},
-                    "delivered_pps": round(run.delivered_pps)})
-            elif metric == "tcp_conn_per_s":
-                run = traffic.wrk(topo, candidate.http_target(topo), settings.seconds,
-                                  new_connections=True)
-                result.record(metric, run.requests_per_s, dataclasses.asdict(run))
-            elif metric in ("http_p50_us", "http_p99_us"):
-                if "http_p50_us" in settings.metrics and metric == "http_p99_us":
-                    continue  # one latency run feeds both percentiles
-                run = traffic.wrk(topo, candidate.http_target(topo), settings.seconds,
-                                  new_connections=False)
-                result.record("http_p50_us", run.p50_us, dataclasses.asdict(run))
-                result.record("http_p99_us", run.p99_us, dataclasses.asdict(run))
+            records = _measure_metric(topo, candidate, metric, settings, workdir)
         except traffic.ToolMissing:
             raise
         except Exception as exc:  # one metric failing must not hide the others
             result.errors.append(f"{metric}: {exc}")
             log(f"{candidate.name} {metric}: {exc}")
+            continue
+        cpu_after = candidate.cpu_seconds()
+        for name, value, detail in records:
+            if cpu_before is not None and cpu_after is not None:
+                detail["director_cpu"] = round(
+                    (cpu_after - cpu_before) / (time.monotonic() - wall_before), 3)
+            result.record(name, value, detail)
+
+
+def _measure_metric(topo, candidate, metric, settings, workdir) -> list[tuple[str, float, dict]]:
+    if metric in ("udp_flows_pps", "udp_newflows_pps"):
+        variant = "flows" if metric == "udp_flows_pps" else "newflows"
+        run = traffic.packet_rate(topo, variant, candidate.udp_targets(topo), settings.seconds,
+                                  workdir)
+        return [(metric, run.delivered_pps, {
+            "seconds": round(run.seconds, 3), "offered": run.offered,
+            "offered_pps": round(run.offered_pps), "delivered": run.delivered,
+            "delivered_seconds": {k: round(v, 3) for k, v in run.delivered_seconds.items()},
+            "delivered_pps": round(run.delivered_pps)})]
+    if metric == "tcp_conn_per_s":
+        run = traffic.wrk(topo, candidate.http_target(topo), settings.seconds,
+                          new_connections=True)
+        return [(metric, run.requests_per_s, dataclasses.asdict(run))]
+    if metric in ("http_p50_us", "http_p99_us"):
+        run = traffic.wrk(topo, candidate.http_target(topo), settings.seconds,
+                          new_connections=False)
+        return [("http_p50_us", run.p50_us, dataclasses.asdict(run)),
+                ("http_p99_us", run.p99_us, dataclasses.asdict(run))]
+    raise ValueError(f"unknown metric {metric!r}")
 
 
 def run_rounds(candidates: list[Candidate], settings: Settings, workdir: str,

@@ -281,7 +281,8 @@ def wrk(topo: BenchTopology, target: str, seconds: float, new_connections: bool,
     if new_connections:
         argv += ["-H", "Connection: close"]
     argv.append(f"http://{target}:{HTTP_PORT}/")
-    result = topo.run(topo.client, argv, timeout=duration + 15)
+    # wrk can hang past -d when no connection ever completes: bound it a little above -d.
+    result = topo.run(topo.client, argv, timeout=duration + 8)
     if result.returncode != 0:
         raise RuntimeError(f"wrk failed: {(result.stderr or result.stdout).strip()[-300:]}")
     return parse_wrk(result.stdout)

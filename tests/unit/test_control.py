@@ -213,3 +213,18 @@ def test_ipvsadm_over_the_socket_including_an_atomic_restore(served):
     assert cli("-R", stdin=saved) == (0, "", "")
     assert cli("-Sn")[1] == saved
     assert cli("-L", "--timeout") == (0, "Timeout (tcp tcpfin udp): 900 120 300\n", "")
+
+
+def test_lvsuser_mark_command(served, capsys):
+    from lvsuser import cli
+
+    backend, path, _ = served
+    assert cli.main(["mark", "--control", path, "add", "1", "-t", "198.18.0.10", "--dport", "80"]) == 0
+    assert cli.main(["mark", "--control", path, "add", "1", "-t", "198.18.0.10", "--dport", "80"]) == 1
+    assert "mark rule already exists" in capsys.readouterr().err
+    assert cli.main(["mark", "--control", path, "list"]) == 0
+    assert capsys.readouterr().out == "--mark 1 -t 198.18.0.10/32 --dport 80\n"
+    assert cli.main(["mark", "--control", path, "add", "x"]) == 2
+    assert cli.main(["mark", "--control", path, "del", "1", "-t", "198.18.0.10", "--dport", "80"]) == 0
+    assert backend.get_mark_rules() == []
+    assert cli.main(["mark", "--control", path + ".missing", "list"]) == 2

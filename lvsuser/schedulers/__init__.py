@@ -134,7 +134,9 @@ def _register_module_classes(module, origin: str) -> list[str]:
 
 
 def _load_file(path: pathlib.Path) -> list[str]:
-    module_name = "lvsuser_plugin_" + "".join(c if c.isalnum() else "_" for c in str(path))
+    module_name = "lvsuser_plugin_" + "".join(c if c.isalnum() else "_" for c in str(path.resolve()))
+    if module_name in sys.modules:  # loaded before: the same classes, registered already
+        return _register_module_classes(sys.modules[module_name], str(path))
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise SchedulerError(f"{path}: cannot be loaded as a Python module")

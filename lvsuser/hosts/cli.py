@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 
 from lvsuser.hosts import realserver
 
@@ -66,9 +67,13 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             count = len(problems)
             print(f"realserver {args.mode}: {count} problem{'s' if count > 1 else ''}")
+            previous_fix = None
             for problem in problems:
-                print(f"  - {problem.what}")
-                print(f"    fix: {problem.fix}")
+                print(textwrap.fill(problem.what, width=100, initial_indent="  - ",
+                                    subsequent_indent="    "))
+                if problem.fix != previous_fix:  # one fix often cures several problems
+                    print(f"    fix: {problem.fix}")
+                previous_fix = problem.fix
             return 1
         realserver.apply(args.mode, vips, director)
         return 0

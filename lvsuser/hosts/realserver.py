@@ -713,7 +713,8 @@ def _check_arp(ipr: IPRoute, vips: list[str], device: str, mode: str) -> list[Pr
             announcing.append(f"{ifname} (arp_announce {announce})")
     if leaking:
         problems.append(Problem(
-            f"ARP would leak the VIP {vip_text}: {', '.join(leaking)} answer ARP requests for "
+            f"ARP would leak the VIP {vip_text}: {', '.join(leaking)} "
+            f"{'answers' if len(leaking) == 1 else 'answer'} ARP requests for "
             f"the VIP, so clients and routers would send VIP traffic straight to this real server "
             f"instead of the director", fix))
     if announcing:

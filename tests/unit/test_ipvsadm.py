@@ -1,6 +1,5 @@
 """ipvsadm's parser and formatter, piece by piece (the replay test covers whole scenarios)."""
 import io
-import ipaddress
 
 import pytest
 

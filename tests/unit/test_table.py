@@ -8,7 +8,7 @@ import pytest
 
 from lvsuser import model
 from lvsuser.backends.table import BatchFailed, TableBackend
-from lvsuser.model import Dest, Forward, IPVSError, MarkRule, Service, ServiceKey, Timeouts
+from lvsuser.model import Dest, Forward, IPVSError, MarkRule, Service, Timeouts
 
 VIP = ipaddress.ip_address("198.18.0.10")
 RIP1 = ipaddress.ip_address("198.18.1.1")

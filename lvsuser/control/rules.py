@@ -210,10 +210,14 @@ def _restore_services(backend, services: list[model.Service]) -> None:
 
 def restore(session, program: str) -> int:
     """``ipvsadm -R``: read the rules from stdin and apply them all or none."""
+    from lvsuser.control.client import ControlUnreachable
+
     text = session.stdin.read() if session.stdin is not None else ""
     try:
         operations = parse_rules(text, session.resolver, program)
         apply_operations(session.backend, operations)
+    except ControlUnreachable as exc:
+        ipvsadm_cli._unreachable(exc)
     except RulesError as exc:
         session.err.write(f"{exc.message}\n")
         session.err.write(f"{program}: line {exc.line} of the rules was refused; "

@@ -186,11 +186,31 @@ class Lab:
         return netns.run(self.ns[role], [PYTHON, "-m", "lvsuser.hosts", *args],
                          env=child_env(), timeout=30)
 
-    def configure_real_servers(self) -> None:
+    def realserver_everywhere(self, *args: str) -> dict[str, subprocess.CompletedProcess]:
+        """Run `lvsuser realserver ARGS` on every real server at once (each takes a moment)."""
+        running = {}
         for host in self.plan.real_servers:
-            result = self.realserver(host.role, *self.plan.realserver_args)
+            ns = self.ns.get(host.role)
+            if ns and netns.exists(ns):
+                running[host.role] = netns.popen(
+                    ns, [PYTHON, "-m", "lvsuser.hosts", *args], stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+        results = {}
+        try:
+            for role, proc in running.items():
+                out, err = proc.communicate(timeout=30)
+                results[role] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        finally:
+            for proc in running.values():
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        return results
+
+    def configure_real_servers(self) -> None:
+        for role, result in self.realserver_everywhere(*self.plan.realserver_args).items():
             if result.returncode != 0:
-                raise LabError(f"lvsuser realserver on {host.role} failed: {result.stderr.strip()}")
+                raise LabError(f"lvsuser realserver on {role} failed: {result.stderr.strip()}")
 
     def start_http_servers(self) -> None:
         for host in self.plan.real_servers:
@@ -203,13 +223,10 @@ class Lab:
 
     def undo_real_servers(self) -> None:
         """Remove the real servers' state files (their namespaces go away anyway)."""
-        for host in self.plan.real_servers:
-            ns = self.ns.get(host.role)
-            if ns and netns.exists(ns):
-                try:
-                    self.realserver(host.role, self.plan.mode, "--undo")
-                except (OSError, subprocess.SubprocessError):
-                    pass  # best effort: the namespace removal that follows stops everything
+        try:
+            self.realserver_everywhere(self.plan.mode, "--undo")
+        except (OSError, subprocess.SubprocessError):
+            pass  # best effort: the namespace removal that follows stops everything
 
     # ------------------------------------------------------------------ traffic and traces
     def start_sniffers(self) -> None:

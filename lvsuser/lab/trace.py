@@ -39,6 +39,7 @@ ETH_P_IP = 0x0800
 ETH_P_ARP = 0x0806
 ARPHRD_ETHER = 1
 ARPHRD_NONE = 0xFFFE       # TUN devices: no link layer
+ARPHRD_TUNNEL = 768        # the kernel's tunl0 (where ipip exists): no link layer either
 PACKET_OUTGOING = 4
 SO_TIMESTAMPNS = 35
 
@@ -77,7 +78,7 @@ def capture(out_path: str, max_frames: int, max_seconds: float, links=("ether", 
                 if len(data) < 14 or struct.unpack_from("!H", data, 12)[0] not in (ETH_P_IP, ETH_P_ARP):
                     continue
                 link = "ether"
-            elif hatype == ARPHRD_NONE and proto == ETH_P_IP:
+            elif hatype in (ARPHRD_NONE, ARPHRD_TUNNEL) and proto == ETH_P_IP:
                 link = "raw"
             else:
                 continue  # loopback and anything else: not part of a path
@@ -317,7 +318,7 @@ def render_hops(title: str, hops: list, namer: Namer) -> list[str]:
         if frame.link == "ether":
             link = f"{namer.mac(packet.src)} > {namer.mac(packet.dst)}"
         else:
-            link = "no link layer (TUN device)"
+            link = "no link layer (tunnel device)"
         lines.append(f"    {where:<30} {link}")
         for text in describe_ip(ip_layers(packet), namer):
             lines.append(f"        {text}")

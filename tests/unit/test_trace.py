@@ -97,7 +97,7 @@ def test_tun_path_shows_outer_header_and_decapsulation():
     assert "IP 198.18.137.60 > 198.18.137.61: IPIP (proto 4)" in text
     assert "[director -> rs1]" in text
     assert "TUN: wrapped in IPIP; outer header 198.18.137.60 > 198.18.137.61 (director -> rs1), proto 4" in text
-    assert "rs1:lvtun0 in" in text and "no link layer (TUN device)" in text
+    assert "rs1:lvtun0 in" in text and "no link layer (tunnel device)" in text
     assert "decapsulated" in text
     # the inner header under the outer one keeps the client and the VIP
     assert f"  IP {client}.{CLIENT_PORT} > {vip}.80: Flags [S]" in text

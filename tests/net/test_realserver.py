@@ -304,3 +304,16 @@ def test_decapsulate_accepts_only_ipip_for_a_vip():
         assert decap.decapsulate(junk, vips, counters) is None
     assert counters.as_dict() == {"received": 7, "delivered": 0, "malformed": 5,
                                   "not_for_vip": 1, "write_errors": 0}
+
+
+def test_dr_with_an_ipv6_vip_and_exact_undo(host):
+    vip6 = "2001:db8:1::100"
+    before = dump(host)
+    result = realserver(host, "dr", "--vip", VIP, vip6)
+    assert result.returncode == 0, result.stderr
+    out = host.run(host.rs, ["ip", "-j", "-6", "addr", "show", "dev", "lo"], check=True).stdout
+    assert (vip6, 128) in {(i["local"], i["prefixlen"]) for i in json.loads(out)[0]["addr_info"]}
+    assert (VIP, 32, "lo:0") in addr_of(host, "lo")
+    assert realserver(host, "dr", "--check").returncode == 0
+    assert realserver(host, "dr", "--undo").returncode == 0
+    assert dump(host) == before

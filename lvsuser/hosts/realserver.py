@@ -756,6 +756,11 @@ def check(mode: str, vips: list[str], director: str | None) -> list[Problem]:
                     "decapsulator not running: this kernel has no ipip, so tunnelled packets "
                     "are only unwrapped by lvsuser's user-space decapsulator",
                     f"lvsuser realserver tun --undo; {fix_all}"))
+        found = ipr.link_lookup(ifname=device)
+        if found and device != "lo" and not ipr.get_links(found[0])[0]["flags"] & 1:
+            problems.append(Problem(
+                f"{device} is down: the VIP on it does not count as local and tunnelled packets "
+                f"are not decapsulated", f"lvsuser realserver {mode} --undo; {fix_all}"))
         for vip in vips:
             holders = where_is(ipr, vip)
             if device not in holders:

@@ -86,6 +86,8 @@ class Lab:
         return self
 
     def __exit__(self, *exc_info) -> None:
+        if exc_info[0] is not None:
+            self.topo.keep = False  # --keep keeps a working lab, never a half-built one
         try:
             if not self.topo.keep:
                 self.stop_sniffers()

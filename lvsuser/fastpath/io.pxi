@@ -24,6 +24,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.string cimport memcpy, memset
 from libc.stdlib cimport malloc, free, calloc
 from libc.errno cimport errno, EAGAIN, EINTR, ENOBUFS
+import logging
 import os
 import threading
 
@@ -110,6 +111,7 @@ cdef struct lvs_io_counters:
     uint64_t drop_tx_no_ring     # core chose an interface this driver does not serve
     uint64_t tx_errors           # send()/write() failures
     uint64_t rx_losing           # the kernel reported ring overruns
+    uint64_t core_errors         # a Python core raised: that batch was not sent
 
 
 cdef inline double io_now() noexcept nogil:
@@ -426,6 +428,35 @@ cdef int io_python_batch(object core, _FrameArena arena, double now) except -1:
         f.tailroom -= n
         f.out_ifindex = <int32_t>out_ifindex
     return 0
+
+
+_io_log = logging.getLogger("lvsuser.io")
+
+
+# Called with the GIL from inside the nogil loop: any exception of a Python core is counted and
+# logged (sparingly), never propagated into the loop.
+cdef void io_python_batch_safe(object core, object lock, _FrameArena arena,
+                               lvs_io_counters *ctr) noexcept:
+    cdef int i
+    try:
+        with lock:
+            io_python_batch(core, arena, io_now())
+    except BaseException:
+        for i in range(arena.count):
+            arena.frames[i].out_ifindex = 0
+        ctr.core_errors += 1
+        if ctr.core_errors & (ctr.core_errors - 1) == 0:   # 1st, 2nd, 4th, 8th...
+            _io_log.exception("the core failed on a batch (%d so far)", ctr.core_errors)
+
+
+cdef void io_core_tick_safe(object core, object lock, double now, lvs_io_counters *ctr) noexcept:
+    try:
+        with lock:
+            io_core_tick(core, now)
+    except BaseException:
+        ctr.core_errors += 1
+        if ctr.core_errors & (ctr.core_errors - 1) == 0:
+            _io_log.exception("the core failed to expire connections (%d so far)", ctr.core_errors)
 
 
 include "io_afpacket.pxi"

@@ -403,29 +403,55 @@ cdef class AfPacketDriver:
             afp_kick(&self.ports[i], &self.ctr)
         self.arena.count = 0
 
-    cdef int _flush(self) except -1:
-        """Run the core over the arena and transmit; called with the GIL held."""
+    cdef void _flush(self) noexcept nogil:
+        """Run the core over the arena and transmit."""
         if self.arena.count == 0:
-            return 0
+            return
         self.ctr.batches += 1
         if self.has_c:
-            with nogil:
-                self.ccore.batch(self.ccore.state, self.arena.frames, self.arena.count, io_now())
-                self._transmit()
+            self.ccore.batch(self.ccore.state, self.arena.frames, self.arena.count, io_now())
         else:
-            with self.core_lock:
-                io_python_batch(self.core, self.arena, io_now())
-            with nogil:
-                self._transmit()
-        return 0
+            with gil:
+                io_python_batch_safe(self.core, self.core_lock, self.arena, &self.ctr)
+        self._transmit()
 
-    def run(self, int idle_timeout_ms=100):
-        """Forward until stop().  Each wake-up drains every ring in batches."""
-        cdef pollfd fds[IO_MAX_IFS + 1]
+    cdef int _loop(self, pollfd *fds, int n, int idle_timeout_ms) noexcept nogil:
+        """The driver loop, entirely without the GIL for the C core; returns 0 or an errno."""
         cdef int i, rc, more
         cdef uint64_t junk
         cdef double now, next_expire = 0.0
+        while True:
+            rc = poll(fds, n + 1, idle_timeout_ms)
+            if rc < 0:
+                if errno == EINTR:
+                    continue
+                return errno
+            if fds[n].revents & POLLIN:
+                read(self.stop_fd, &junk, sizeof(junk))
+                return 0
+            # Drain every ring, one batch at a time, until none has a finished block.
+            more = 1
+            while more:
+                more = 0
+                for i in range(n):
+                    if self._gather(&self.ports[i]):
+                        more = 1
+                        self._flush()
+                self._flush()
+            # let the core expire connections and run its estimator, also when idle
+            now = io_now()
+            if now >= next_expire:
+                with gil:
+                    io_core_tick_safe(self.core, self.core_lock, now, &self.ctr)
+                next_expire = now + IO_EXPIRE_INTERVAL_MS / 1000.0
+
+    def run(self, int idle_timeout_ms=100):
+        """Forward until stop().  The GIL is released once, around the whole loop."""
+        cdef pollfd fds[IO_MAX_IFS + 1]
+        cdef int i, err
         cdef int n = self.nports
+        if n == 0:
+            raise RuntimeError("the driver is closed")
         for i in range(n):
             fds[i].fd = self.ports[i].rx_fd
             fds[i].events = POLLIN
@@ -433,28 +459,9 @@ cdef class AfPacketDriver:
         fds[n].events = POLLIN
         self.running = True
         try:
-            while True:
-                with nogil:
-                    rc = poll(fds, n + 1, idle_timeout_ms)
-                if rc < 0 and errno != EINTR:
-                    raise OSError(errno, "poll failed")
-                if fds[n].revents & POLLIN:
-                    read(self.stop_fd, &junk, sizeof(junk))
-                    break
-                # Drain every ring, one batch at a time, until none has a finished block.
-                more = 1
-                while more:
-                    more = 0
-                    for i in range(n):
-                        if self._gather(&self.ports[i]):
-                            more = 1
-                            self._flush()
-                    self._flush()
-                # let the core expire connections and adopt new tables even when idle
-                now = io_now()
-                if now >= next_expire:
-                    with self.core_lock:
-                        io_core_tick(self.core, now)
-                    next_expire = now + IO_EXPIRE_INTERVAL_MS / 1000.0
+            with nogil:
+                err = self._loop(fds, n, idle_timeout_ms)
         finally:
             self.running = False
+        if err:
+            raise OSError(err, f"AF_PACKET driver: poll failed: {os.strerror(err)}")

@@ -141,49 +141,55 @@ cdef class TunDriver:
                 self.ctr.tx_bytes += f.len
         self.arena.count = 0
 
-    cdef int _flush(self) except -1:
+    cdef void _flush(self) noexcept nogil:
         if self.arena.count == 0:
-            return 0
+            return
         self.ctr.batches += 1
         if self.has_c:
-            with nogil:
-                self.ccore.batch(self.ccore.state, self.arena.frames, self.arena.count, io_now())
-                self._transmit()
+            self.ccore.batch(self.ccore.state, self.arena.frames, self.arena.count, io_now())
         else:
-            with self.core_lock:
-                io_python_batch(self.core, self.arena, io_now())
-            with nogil:
-                self._transmit()
-        return 0
+            with gil:
+                io_python_batch_safe(self.core, self.core_lock, self.arena, &self.ctr)
+        self._transmit()
 
-    def run(self, int idle_timeout_ms=100):
-        cdef pollfd fds[2]
+    cdef int _loop(self, pollfd *fds, int idle_timeout_ms) noexcept nogil:
         cdef int rc, more
         cdef uint64_t junk
         cdef double now, next_expire = 0.0
+        while True:
+            rc = poll(fds, 2, idle_timeout_ms)
+            if rc < 0:
+                if errno == EINTR:
+                    continue
+                return errno
+            if fds[1].revents & POLLIN:
+                read(self.stop_fd, &junk, sizeof(junk))
+                return 0
+            more = 1
+            while more:
+                more = self._gather()
+                self._flush()
+            now = io_now()
+            if now >= next_expire:
+                with gil:
+                    io_core_tick_safe(self.core, self.core_lock, now, &self.ctr)
+                next_expire = now + IO_EXPIRE_INTERVAL_MS / 1000.0
+
+    def run(self, int idle_timeout_ms=100):
+        """Forward until stop().  The GIL is released once, around the whole loop."""
+        cdef pollfd fds[2]
+        cdef int err
+        if self.fd < 0:
+            raise RuntimeError("the driver is closed")
         fds[0].fd = self.fd
         fds[0].events = POLLIN
         fds[1].fd = self.stop_fd
         fds[1].events = POLLIN
         self.running = True
         try:
-            while True:
-                with nogil:
-                    rc = poll(fds, 2, idle_timeout_ms)
-                if rc < 0 and errno != EINTR:
-                    raise OSError(errno, "poll failed")
-                if fds[1].revents & POLLIN:
-                    read(self.stop_fd, &junk, sizeof(junk))
-                    break
-                more = 1
-                while more:
-                    with nogil:
-                        more = self._gather()
-                    self._flush()
-                now = io_now()
-                if now >= next_expire:
-                    with self.core_lock:
-                        io_core_tick(self.core, now)
-                    next_expire = now + IO_EXPIRE_INTERVAL_MS / 1000.0
+            with nogil:
+                err = self._loop(fds, idle_timeout_ms)
         finally:
             self.running = False
+        if err:
+            raise OSError(err, f"TUN driver: poll failed: {os.strerror(err)}")

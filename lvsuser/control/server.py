@@ -90,7 +90,10 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             return protocol.error_reply(exc.errno, exc.message, **extra)
         except NotImplementedError:
             return protocol.error_reply(errno.ENOSYS, f"{op} is not supported by this backend")
-        except TypeError as exc:
+        except (TypeError, AttributeError, ValueError, KeyError) as exc:
+            # Arguments of the wrong shape (a number where a Service belongs, ...): the client's
+            # fault; the backend validated nothing yet or refused it before changing anything.
+            log.debug("bad arguments for %s: %r", op, exc)
             return protocol.error_reply(errno.EINVAL, f"bad arguments: {exc}", bad_request=True)
         except Exception as exc:  # keep serving other clients; the log says what happened
             log.exception("control request %s failed", op)

@@ -228,3 +228,34 @@ def test_lvsuser_mark_command(served, capsys):
     assert cli.main(["mark", "--control", path, "del", "1", "-t", "198.18.0.10", "--dport", "80"]) == 0
     assert backend.get_mark_rules() == []
     assert cli.main(["mark", "--control", path + ".missing", "list"]) == 2
+
+
+def test_dispatch_survives_arbitrary_requests():
+    import json
+    import types
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from lvsuser.control.server import ControlServer
+
+    fake_server = types.SimpleNamespace(backend=TableBackend())
+    json_values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+            st.sampled_from(["op", "args", "svc", "key", "dest", "__type__", "__ip__", "af",
+                             "addr", "port", "x"]), inner, max_size=4),
+        max_leaves=12)
+    ops = st.sampled_from(sorted(protocol.OPERATIONS) + ["bogus"])
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.one_of(st.binary(max_size=40),
+                     st.builds(lambda op, args: json.dumps({"op": op, "args": args}).encode(),
+                               ops, json_values)))
+    def check(line):
+        reply = protocol.load_line(ControlServer.dispatch(fake_server, line))
+        assert isinstance(reply["ok"], bool)
+        if not reply["ok"]:
+            assert isinstance(reply["errno"], int) and reply["errno"] != errno.EIO, reply
+
+    check()

@@ -234,6 +234,13 @@ def test_check_tun_decapsulator_not_running(host):
     assert f"VIP {VIP} missing on lvtun0" in out  # the device went with the process
 
 
+def test_check_tun_device_down(host):
+    assert realserver(host, "tun", "--vip", VIP).returncode == 0
+    host.run(host.rs, ["ip", "link", "set", "lvtun0", "down"], check=True)
+    out = check_output(host, "tun")
+    assert "lvtun0 is down" in out
+
+
 def test_check_nat_gateway_not_director(host):
     out = check_output(host, "nat", "--director", DIP)
     assert "NAT gateway is not the director" in out and OTHER_GW in out

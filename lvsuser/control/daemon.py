@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="userspace backend's packet I/O (default afpacket)")
     parser.add_argument("--interface", action="append", default=None, metavar="IF",
                         help="serve only these interfaces (repeatable; default: all)")
+    parser.add_argument("--scheduler-path", action="append", default=[], metavar="PATH",
+                        help="load plugin schedulers from this .py file or directory (repeatable); "
+                             "installed ones (entry points lvsuser.schedulers) load always")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return parser
 
@@ -68,6 +71,25 @@ def make_backend(kind: str, io: str = "afpacket", interfaces: Optional[list[str]
             raise BackendUnavailable(f"the kernel IPVS backend cannot be loaded ({exc}).") from exc
         return IPVSBackend()
     raise BackendUnavailable(f"unknown backend {kind!r}")
+
+
+def load_schedulers(paths: list[str]) -> list[str]:
+    """Register plugin schedulers before any rule names them."""
+    try:
+        from lvsuser import schedulers
+    except ImportError:
+        if paths:
+            raise ValueError("--scheduler-path given but the scheduler registry is not available")
+        return []
+    loader = getattr(schedulers, "load_plugins", None)
+    if loader is None:
+        if paths:
+            raise ValueError("--scheduler-path given but plugin schedulers are not supported")
+        return []
+    names = loader(paths)
+    if names:
+        log.info("plugin schedulers: %s", ", ".join(names))
+    return names
 
 
 def replace_table(backend: Backend, operations: list[rules.RuleOperation]) -> None:
@@ -171,6 +193,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if args.verbose else logging.INFO,
                         format="lvsuser[%(process)d] %(levelname)s %(name)s: %(message)s")
     control = args.control or os.environ.get(protocol.ENV_SOCKET) or protocol.DEFAULT_SOCKET
+    try:
+        load_schedulers(args.scheduler_path)
+    except ValueError as exc:  # schedulers.SchedulerError names the plugin at fault
+        print(f"lvsuser: {exc}", file=sys.stderr)
+        return 1
     try:
         backend = make_backend(args.backend, io=args.io, interfaces=args.interface)
     except BackendUnavailable as exc:

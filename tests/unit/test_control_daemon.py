@@ -127,3 +127,22 @@ def test_cli_dispatches_and_reports_missing_subcommands(capsys, monkeypatch):
         cli.main(["lab"])
     assert "the `lab` command is not available" in str(info.value.code)
     assert cli.main(["frobnicate"]) == 2
+
+
+def test_scheduler_plugins_are_loaded_before_rules(tmp_path, monkeypatch):
+    schedulers = pytest.importorskip("lvsuser.schedulers")
+    if not hasattr(schedulers, "load_plugins"):
+        pytest.skip("the scheduler registry has no plugin loader")
+    if hasattr(schedulers, "_registry"):  # keep the test's plugin out of other tests
+        monkeypatch.setattr(schedulers, "_registry", dict(schedulers._registry))
+    plugin = tmp_path / "leastw_plugin.py"
+    name = f"lw{os.getpid() % 100000}"
+    plugin.write_text(
+        "from lvsuser.schedulers import Scheduler\n"
+        f"class LeastWeight(Scheduler):\n    name = {name!r}\n"
+        "    def schedule(self, pkt, now):\n        return None\n")
+    assert name in daemon.load_schedulers([str(plugin)])
+    table = TableBackend()
+    assert table.scheduler_known(name)
+    with pytest.raises(ValueError):
+        daemon.load_schedulers([str(tmp_path / "missing.py")])

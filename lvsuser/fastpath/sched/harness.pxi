@@ -29,7 +29,8 @@ cdef class SchedHarness:
             raise ValueError(f"no C scheduler called {name!r}")
         self._load(service)
         if self.svc.sched.init_service(&self.svc) != 0:
-            raise MemoryError("scheduler init_service failed")
+            raise ValueError(f"scheduler {name!r} could not set up: out of memory, or more "
+                             "dests than its table holds (mh: 4093)")
         self.initialized = True
 
     def __dealloc__(self):
@@ -80,7 +81,8 @@ cdef class SchedHarness:
         """Dests were added, edited or deleted: swap the array and run update_service."""
         self._load(service)
         if self.svc.sched.update_service(&self.svc) != 0:
-            raise MemoryError("scheduler update_service failed")
+            raise ValueError("scheduler update failed: out of memory, or more dests than its "
+                             "table holds (mh: 4093)")
 
     def refresh(self, service):
         """Copy run-time state (connection counts, flags) of the same dests, in the same order."""

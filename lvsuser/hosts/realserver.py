@@ -36,6 +36,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -429,7 +430,6 @@ def start_daemon(vips: list[str]) -> int:
     # wait for 'ready' (or an error) with a deadline; EOF means the child died early
     message = b""
     deadline = time.monotonic() + DECAP_READY_TIMEOUT
-    import select
     try:
         while b"\n" not in message and time.monotonic() < deadline:
             ready, _, _ = select.select([read_end], [], [], 0.2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import http.server
 import signal
+import socketserver
 import sys
 
 
@@ -38,7 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=80)
     parser.add_argument("--bind", default="0.0.0.0")
     args = parser.parse_args(argv)
-    server = http.server.ThreadingHTTPServer((args.bind, args.port), make_handler(args.name))
+    # a plain TCP server: http.server's HTTPServer looks its own name up (getfqdn), which can
+    # stall in a namespace that cannot reach a DNS server
+    socketserver.ThreadingTCPServer.allow_reuse_address = True
+    server = socketserver.ThreadingTCPServer((args.bind, args.port), make_handler(args.name))
     server.daemon_threads = True
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print("ready", flush=True)

@@ -99,7 +99,7 @@ class Capture:
     """tcpdump writing a pcap in one namespace; read back with scapy."""
 
     def __init__(self, topo, ns, ifname, path, direction=None, bpf="ip"):
-        argv = ["tcpdump", "-U", "-n", "-s", "256", "-i", ifname, "-w", path]
+        argv = ["tcpdump", "--immediate-mode", "-U", "-n", "-s", "256", "-i", ifname, "-w", path]
         if direction:
             argv += ["-Q", direction]
         self.path = path
@@ -356,3 +356,68 @@ def test_io_tun(topo, tmp_path, sock_path, lvsuser_ready, mode):
         assert director.stop() == 0, director.log()
     rules = topo.run(dr, ["ip", "rule", "show"]).stdout
     assert "lookup local" in rules.splitlines()[0], rules
+
+
+# --------------------------------------------------------------------------- IPv6
+
+VIP6 = "2001:db8:0:1::10"
+
+UDP6_CLIENT = UDP_CLIENT.replace("socket.AF_INET,", "socket.AF_INET6,")
+
+
+def build_nat6(topo):
+    """The NAT topology in 2001:db8::/32: client net 2001:db8:0:1::/64, real servers 2001:db8:0:2::/64."""
+    names = [topo.add_ns(role) for role in ("cl", "dr", "sw", "rsa", "rsb")]
+    for ns in names:  # no duplicate address detection: addresses usable at once
+        topo.sysctl(ns, "net.ipv6.conf.default.accept_dad", 0)
+        topo.sysctl(ns, "net.ipv6.conf.all.accept_dad", 0)
+    cl, dr, sw, rsa, rsb = names
+    topo.veth(cl, "eth0", dr, "eth0")
+    topo.veth(dr, "eth1", sw, "p0")
+    topo.veth(rsa, "eth0", sw, "p1")
+    topo.veth(rsb, "eth0", sw, "p2")
+    topo.bridge(sw, "br0", ["p0", "p1", "p2"])
+    topo.addr(cl, "eth0", "2001:db8:0:1::2/64")
+    topo.addr(dr, "eth0", "2001:db8:0:1::1/64")
+    topo.addr(dr, "eth0", f"{VIP6}/128")
+    topo.addr(dr, "eth1", "2001:db8:0:2::1/64")
+    topo.route(cl, "default6", "2001:db8:0:1::1")
+    topo.sysctl(dr, "net.ipv6.conf.all.forwarding", 1)
+    for n, ns in enumerate((rsa, rsb)):
+        topo.addr(ns, "eth0", f"2001:db8:0:2::{11 + n}/64")
+        topo.route(ns, "default6", "2001:db8:0:2::1")
+    return cl, dr, [rsa, rsb]
+
+
+def test_nat_ipv6(topo, tmp_path, sock_path, lvsuser_ready):
+    cl, dr, rs = build_nat6(topo)
+    director = Director(topo, dr, sock_path)
+    director.start()
+    try:
+        for port, proto in ((80, "-t"), (5353, "-u")):
+            director.ipvsadm("-A", proto, f"[{VIP6}]:{port}", "-s", "rr")
+            for n in (11, 12):
+                director.ipvsadm("-a", proto, f"[{VIP6}]:{port}", "-r", f"[2001:db8:0:2::{n}]:{port}", "-m")
+        for n, ns in enumerate(rs):
+            start_realserver(topo, ns, f"rs{n + 1}", "::")
+        client_cap = Capture(topo, cl, "eth0", str(tmp_path / "client6.pcap"), bpf="ip6")
+        kernel_cap = Capture(topo, dr, "eth0", str(tmp_path / "dir6.pcap"), direction="out", bpf="ip6")
+
+        names = curl_names(topo, cl, f"http://[{VIP6}]/", 4)
+        assert names == ["rs2", "rs1"] * 2, names
+        udp = topo.run(cl, [sys.executable, "-c", UDP6_CLIENT, VIP6, "5353"], timeout=15)
+        words = udp.stdout.split()
+        assert len(words) == 3 and words[0] in ("rs1", "rs2") and words[2] == VIP6, udp
+
+        ip6 = scapy_all.IPv6
+        seen = [p for p in client_cap.packets() if p.haslayer(ip6) and p[ip6].dst == "2001:db8:0:1::2"
+                and (p.haslayer(scapy_all.TCP) or p.haslayer(scapy_all.UDP))]
+        assert seen and all(p[ip6].src == VIP6 for p in seen), [p.summary() for p in seen[:5]]
+        # neighbour discovery for a local VIP is the kernel's job, like ARP; nothing else is
+        kernel = [p for p in kernel_cap.packets() if p.haslayer(ip6)
+                  and not p.haslayer(scapy_all.ICMPv6ND_NA) and not p.haslayer(scapy_all.ICMPv6ND_NS)
+                  and (p[ip6].src == VIP6 or p[ip6].src.startswith("2001:db8:0:2::")
+                       or (p.haslayer(scapy_all.TCP) and p[scapy_all.TCP].flags & 0x04))]
+        assert not kernel, [p.summary() for p in kernel[:5]]
+    finally:
+        assert director.stop() == 0, director.log()

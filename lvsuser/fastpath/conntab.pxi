@@ -12,8 +12,8 @@
 #   out-hash  (protocol, daddr, dport, caddr, cport)  -- NAT connections only, for replies.
 #
 # Both tables have as many heads as entries (a power of two), so chains stay ~1 long at any
-# fill: lookups are flat from 10^3 to 10^7 entries.  Free entries form a stack through
-# `next_in`.  When the stack is empty the table is full: the packet is dropped and counted
+# fill: lookups are flat from 10^3 to 10^7 entries.  Released entries form a stack through
+# `next_in`; never-used ones are taken from a high-water mark, so start-up touches no memory.  When the stack is empty the table is full: the packet is dropped and counted
 # (C_TABLE_FULL), after one bounded extra sweep has tried to reclaim expired entries.
 #
 # Expiry: each entry holds `expires` in milliseconds since the core's epoch (uint32: 49 days,
@@ -78,7 +78,8 @@ cdef struct lvs_conntab:
     uint32_t *in_heads
     uint32_t *out_heads
     uint32_t mask
-    uint32_t free_head
+    uint32_t free_head          # stack of released entries, through next_in
+    uint32_t high_water         # entries above this were never used (no start-up walk)
     uint32_t count
     uint32_t sweep_cursor
 
@@ -136,11 +137,8 @@ cdef int lvs_conntab_init(lvs_conntab *t, uint32_t capacity) noexcept nogil:
     t.mask = size - 1
     t.count = 0
     t.sweep_cursor = 1
-    # free stack: 1 on top
-    t.free_head = 1
-    for i in range(1, capacity):
-        t.entries[i].next_in = i + 1
-    t.entries[capacity].next_in = 0
+    t.free_head = 0
+    t.high_water = 0
     return 0
 
 
@@ -211,9 +209,13 @@ cdef inline void lvs_conn_unlink_out(lvs_conntab *t, uint32_t idx, const uint8_t
 
 cdef inline uint32_t lvs_conn_alloc(lvs_conntab *t) noexcept nogil:
     cdef uint32_t idx = t.free_head
-    if idx == 0:
+    if idx:
+        t.free_head = t.entries[idx].next_in
+    elif t.high_water < t.capacity:
+        t.high_water += 1
+        idx = t.high_water
+    else:
         return 0
-    t.free_head = t.entries[idx].next_in
     memset(&t.entries[idx], 0, sizeof(lvs_conn))
     t.entries[idx].flags = LVS_CONN_USED
     t.count += 1

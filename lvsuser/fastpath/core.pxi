@@ -336,6 +336,10 @@ cdef void lvs_sweep(lvs_core *core, uint32_t now_ms, uint32_t budget) noexcept n
     cdef lvs_conntab *t = &core.conns
     cdef lvs_conn *c
     cdef uint32_t i, step
+    if t.high_water == 0:
+        return
+    if budget > t.high_water:
+        budget = t.high_water
     for i in range(budget):
         c = &t.entries[t.sweep_cursor]
         if c.flags & LVS_CONN_USED and lvs_time_after_eq(now_ms, c.expires):
@@ -348,7 +352,7 @@ cdef void lvs_sweep(lvs_core *core, uint32_t now_ms, uint32_t budget) noexcept n
                 lvs_conn_expire(core, t.sweep_cursor, now_ms)
                 core.counters[C_CONN_EXPIRED] += 1
         t.sweep_cursor += 1
-        if t.sweep_cursor > t.capacity:
+        if t.sweep_cursor > t.high_water:
             t.sweep_cursor = 1
 
 

@@ -675,7 +675,7 @@ cdef class Core:
         templates = []
         if now is not None:
             now_ms = lvs_ms(self.c, now)
-        for i in range(1, ct.capacity + 1):
+        for i in range(1, ct.high_water + 1):
             c = &ct.entries[i]
             if not (c.flags & LVS_CONN_USED):
                 continue
@@ -777,7 +777,7 @@ cdef void lvs_remap_conns(lvs_core *core, lvs_tables *new, const int32_t *remap,
     cdef uint32_t total
     cdef uint16_t GONE = 0x8000
     # 1. decide, and unhash the gone ones while the old tables still give their daddr
-    for i in range(1, t.capacity + 1):
+    for i in range(1, t.high_water + 1):
         c = &t.entries[i]
         if not (c.flags & LVS_CONN_USED):
             continue
@@ -792,7 +792,7 @@ cdef void lvs_remap_conns(lvs_core *core, lvs_tables *new, const int32_t *remap,
             c.svc = <uint16_t>(m >> 16)
             c.dest = <uint16_t>(m & 0xFFFF)
     # 2. templates and their connections let go of each other
-    for i in range(1, t.capacity + 1):
+    for i in range(1, t.high_water + 1):
         c = &t.entries[i]
         if not (c.flags & LVS_CONN_USED) or c.flags & LVS_CONN_TEMPLATE or c.control == 0:
             continue
@@ -801,7 +801,7 @@ cdef void lvs_remap_conns(lvs_core *core, lvs_tables *new, const int32_t *remap,
         elif c.flags & GONE and t.entries[c.control].control > 0:
             t.entries[c.control].control -= 1
     # 3. free the gone entries, count the others on their new dests
-    for i in range(1, t.capacity + 1):
+    for i in range(1, t.high_water + 1):
         c = &t.entries[i]
         if not (c.flags & LVS_CONN_USED):
             continue

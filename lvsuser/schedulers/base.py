@@ -3,7 +3,9 @@
 A scheduler is built for one ``model.Service`` and reads ``service.dests`` live (weights,
 connection counts, flags), as kernel schedulers read ``struct ip_vs_dest``.  Control calls
 ``update()`` after each change to the service's dests (add, edit or delete -- the kernel's
-add_dest/upd_dest/del_dest hooks), and ``schedule()`` once per new connection.
+add_dest/upd_dest/del_dest hooks), once per change as the kernel does (wrr's position depends
+on it), and ``schedule()`` once per new connection.  A dest is the same dest across changes when
+its (address, port) is the same.
 """
 from __future__ import annotations
 

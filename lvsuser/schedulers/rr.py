@@ -8,6 +8,7 @@ cursor's dest steps the cursor back to the dest before it, so the one after it c
 """
 from __future__ import annotations
 
+import itertools
 from typing import Optional
 
 from lvsuser import model
@@ -39,9 +40,8 @@ class RoundRobin(Scheduler):
     def schedule(self, pkt: PacketInfo, now: float) -> Optional[model.Dest]:
         dests = self.service.dests
         start = -1 if self._cursor is None else self._position[self._cursor]
-        order = list(range(start + 1, len(dests)))
-        if start >= 0:
-            order += range(0, start + 1)
+        # After the cursor to the end, then (unless at the head) from the start to the cursor.
+        order = itertools.chain(range(start + 1, len(dests)), range(0, start + 1))
         for i in order:
             dest = dests[i]
             if dest.weight > 0 and not overloaded(dest):

@@ -10,7 +10,10 @@
 #                        remember dests re-find them by (af, addr, port)
 #   schedule(svc, pkt)   per new connection, no GIL: dest index or -1
 #   done_service(svc)    frees sched_data and sets it to NULL
-# init/update return 0, or -1 when out of memory (the old state then stays usable).
+# init/update return 0, or -1 when out of memory (the old state then stays usable) or, for mh,
+# when there are more dests than its 4093-entry table.  update_service and schedule must not
+# run at the same time on one service (control updates between the core's batches); schedule
+# only reads the pkt fields it needs: sh/mh saddr (+ sport), dh/lblc/lblcr daddr.
 
 from lvsuser.fastpath.types cimport *
 

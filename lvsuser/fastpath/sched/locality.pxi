@@ -285,12 +285,16 @@ cdef int lvs_lblc_schedule(lvs_service *svc, const lvs_pkt_info *pkt, double now
     return pick
 
 
+cdef inline bint lvs_member_present(const lvs_service *svc, const lvs_loc_member *m) noexcept nogil:
+    return m.idx >= 0 and <uint32_t>m.idx < svc.num_dests
+
+
 cdef inline int32_t lvs_member_weight(const lvs_service *svc, const lvs_loc_member *m) noexcept nogil:
-    return svc.dests[m.idx].weight if m.idx >= 0 else m.ghost_weight
+    return svc.dests[m.idx].weight if lvs_member_present(svc, m) else m.ghost_weight
 
 
 cdef inline int64_t lvs_member_overhead(const lvs_service *svc, const lvs_loc_member *m) noexcept nogil:
-    return lvs_conn_overhead(&svc.dests[m.idx]) if m.idx >= 0 else m.ghost_overhead
+    return lvs_conn_overhead(&svc.dests[m.idx]) if lvs_member_present(svc, m) else m.ghost_overhead
 
 
 cdef int32_t lvs_set_min(const lvs_service *svc, const lvs_loc_entry *en) noexcept nogil:
@@ -299,14 +303,14 @@ cdef int32_t lvs_set_min(const lvs_service *svc, const lvs_loc_entry *en) noexce
     cdef int32_t least = -1
     cdef int64_t loh = 0, doh
     while m != NULL:
-        if m.idx >= 0 and lvs_dest_overloaded(&svc.dests[m.idx]):
-            m = m.next
+        if not lvs_member_present(svc, m) or lvs_dest_overloaded(&svc.dests[m.idx]):
+            m = m.next    # a departed member is never available
             continue
         if least < 0:
-            if m.idx >= 0 and svc.dests[m.idx].weight > 0:
+            if svc.dests[m.idx].weight > 0:
                 least = m.idx
                 loh = lvs_conn_overhead(&svc.dests[least])
-        elif m.idx >= 0:
+        else:
             doh = lvs_conn_overhead(&svc.dests[m.idx])
             if loh * svc.dests[m.idx].weight > doh * svc.dests[least].weight:
                 least = m.idx

@@ -1,0 +1,69 @@
+"""The compiled core under AddressSanitizer: build it (LVSUSER_ASAN=1) in a temporary copy of the
+source tree, then run the fuzz corpus through it in a subprocess with libasan preloaded.  Any
+out-of-bounds access aborts the subprocess with an ASan report, which fails this test."""
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _libasan() -> str | None:
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        return None
+    path = subprocess.run([cc, "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    return path if path and os.path.isabs(path) and os.path.exists(path) else None
+
+
+RUNNER = textwrap.dedent("""
+    import sys
+    import lvsuser._fastpath as compiled
+    assert compiled.__file__.startswith(sys.argv[1]), compiled.__file__
+    from tests.unit import test_fuzz_cores as fuzz
+    total = 0
+    for mode, seed in (("l2", 11), ("l3", 12)):
+        items = fuzz.corpus(seed=seed, count=4000)
+        results, counters = fuzz.run_corpus(compiled.Core, items, mode)
+        total += len(results)
+    # and a full table, expiry and a re-publish that drops dests, under ASan too
+    core = fuzz.new_core(compiled.Core, fuzz.fuzz_config(), max_conns=8)
+    for i, (frame, ifx, now, partial) in enumerate(fuzz.corpus(seed=13, count=2000)):
+        core.process(frame, ifx, now, partial)
+        if i % 400 == 399:
+            cfg = fuzz.fuzz_config()
+            for svc in cfg.services:
+                del svc.dests[i // 400 % 2]
+            core.publish(cfg)
+    core.expire(1e6)
+    print("ASAN-OK", total)
+""")
+
+
+def test_fuzz_corpus_under_asan(tmp_path):
+    libasan = _libasan()
+    if libasan is None:
+        pytest.skip("the C toolchain has no AddressSanitizer runtime (libasan.so not found)")
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "lvsuser", src / "lvsuser",
+                    ignore=shutil.ignore_patterns("*.so", "*.c", "*.html", "__pycache__"))
+    shutil.copy(ROOT / "setup.py", src / "setup.py")
+    env = dict(os.environ, LVSUSER_ASAN="1")
+    build = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_ext", "--inplace", "-t", str(tmp_path / "tmp")],
+        cwd=src, env=env, capture_output=True, text=True, timeout=900)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    built = list((src / "lvsuser").glob("_fastpath*.so"))
+    assert built and b"__asan_report" in built[0].read_bytes(), "the build is not instrumented"
+    env = dict(os.environ, LD_PRELOAD=libasan, ASAN_OPTIONS="detect_leaks=0:abort_on_error=1",
+               PYTHONPATH=f"{src}{os.pathsep}{ROOT}")
+    run = subprocess.run([sys.executable, "-c", RUNNER, str(src)], cwd=src, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0 and "ASAN-OK" in run.stdout, run.stdout[-3000:] + run.stderr[-6000:]

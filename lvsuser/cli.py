@@ -123,6 +123,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"lvsuser {lvsuser.__version__}")
         return 0
     command, rest = args[0], args[1:]
+    if command == "ipvsadm" and argv is None:
+        from lvsuser.control.ipvsadm import restore_sigpipe
+        restore_sigpipe()
     if command not in _DELEGATES:
         sys.stderr.write(f"lvsuser: unknown command {command!r}\n{USAGE}")
         return 2

@@ -1516,6 +1516,15 @@ def process_options(argv: list[str], session: _Session, reading_stdin: bool = Fa
     return run_command(ce, session, argv, reading_stdin)
 
 
+def restore_sigpipe() -> None:
+    """Python ignores SIGPIPE; a command-line tool should not (only call this from a CLI)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+
+
 def _split_control_option(argv: list[str]) -> tuple[list[str], Optional[str]]:
     """Take lvsuser's own --control PATH (not an ipvsadm option) out of the arguments."""
     rest: list[str] = []
@@ -1543,7 +1552,8 @@ def main(argv: Optional[list[str]] = None, backend: Optional[Backend] = None, *,
          stdin: Optional[TextIO] = None, stdout: Optional[TextIO] = None,
          stderr: Optional[TextIO] = None, resolver: Optional[Resolver] = None) -> int:
     """Run one ipvsadm command line; returns the exit status ipvsadm would have."""
-    if argv is None:
+    if argv is None:  # the console script: die of SIGPIPE in `... | head` like the C program
+        restore_sigpipe()
         argv = sys.argv[1:]
     args, control = _split_control_option(list(argv))
     session = _Session(backend, control, stdout or sys.stdout, stderr or sys.stderr,

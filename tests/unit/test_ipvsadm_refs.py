@@ -17,6 +17,8 @@ import pytest
 
 from lvsuser.backends.table import TableBackend
 from lvsuser.control import ipvsadm
+from lvsuser.control.client import RemoteBackend
+from lvsuser.control.server import ControlServer
 
 DATA = pathlib.Path(__file__).resolve().parents[1] / "data" / "ipvsadm"
 SCENARIOS = sorted(p.stem for p in (DATA / "refs").glob("*.json") if not p.stem.startswith("_"))
@@ -143,15 +145,28 @@ def run_one(args, backend):
     return out.getvalue(), err.getvalue(), rc
 
 
-def _replay(name):
+def _replay(name, socket_dir=None):
+    """Run the scenario on a fresh table: in-process, or through a control socket in socket_dir."""
     refs = json.loads((DATA / "refs" / f"{name}.json").read_text())
-    backend = ReferenceKernelTable(_reference_kernel())
+    table = ReferenceKernelTable(_reference_kernel())
+    server = remote = None
+    backend = table
+    if socket_dir is not None:
+        path = str(socket_dir / "control.sock")
+        server = ControlServer(path, table).start()
+        backend = remote = RemoteBackend(path, timeout=10)
     results = []
-    for ref in refs:
-        out, err = io.StringIO(), io.StringIO()
-        rc = ipvsadm.main(ref["args"], backend, stdin=io.StringIO(ref["stdin"] or ""),
-                          stdout=out, stderr=err, resolver=ReferenceHostResolver())
-        results.append((out.getvalue(), err.getvalue(), rc))
+    try:
+        for ref in refs:
+            out, err = io.StringIO(), io.StringIO()
+            rc = ipvsadm.main(ref["args"], backend, stdin=io.StringIO(ref["stdin"] or ""),
+                              stdout=out, stderr=err, resolver=ReferenceHostResolver())
+            results.append((out.getvalue(), err.getvalue(), rc))
+    finally:
+        if remote is not None:
+            remote.close()
+        if server is not None:
+            server.stop()
     return refs, results
 
 
@@ -166,9 +181,10 @@ def test_refs_match_their_scenario(name):
                     "captured: regenerate with tools/capture_ipvsadm_refs.py")
 
 
+@pytest.mark.parametrize("via_socket", [False, True], ids=["in-process", "control-socket"])
 @pytest.mark.parametrize("name", SCENARIOS)
-def test_scenario_matches_real_ipvsadm(name):
-    refs, results = _replay(name)
+def test_scenario_matches_real_ipvsadm(name, via_socket, tmp_path):
+    refs, results = _replay(name, tmp_path if via_socket else None)
     differences = list(KNOWN_DIFFERENCES.get(name, []))
     mismatches = []
     then_check = None

@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build the classic LVS guide's NAT, TUN or DR lab in network namespaces, "
                     "send requests through it and show the packet path.")
     parser.add_argument("mode", choices=("nat", "tun", "dr", "down"),
-                        help="lab to run, or 'down' to remove labs kept with --keep")
+                        help="lab to run, or 'down' to remove labs kept with --keep (and any "
+                             "left behind by a killed lab)")
     parser.add_argument("id", nargs="?", help="(down only) the lab id to remove; default: all")
     parser.add_argument("--keep", action="store_true",
                         help="leave the lab running and print how to step in")
@@ -207,7 +208,7 @@ def run_lab(mode: str, keep: bool, broken: str | None, count: int,
             print_path(lab, answers, frames)
             status = 0 if result.startswith("both") else 1
             if keep:
-                record = lab.record_kept()
+                record = lab.record(kept=True)
                 print(f"\nkept (recorded in {record}). Step in with:")
                 for role in ("client", "director", "rs1", "rs2"):
                     print(f"  ip netns exec {lab.ns[role]} bash")
@@ -227,7 +228,7 @@ def run_lab(mode: str, keep: bool, broken: str | None, count: int,
 
 
 def lab_down(lab_id: str | None) -> int:
-    records = lab_module.kept_labs()
+    records = lab_module.recorded_labs(include_running=bool(lab_id))
     if lab_id:
         records = [r for r in records if r["id"] == lab_id]
         if not records:

@@ -83,6 +83,7 @@ class Lab:
     def __enter__(self) -> "Lab":
         os.makedirs(self.dir, exist_ok=True)
         self.topo.__enter__()
+        self.record(kept=False)  # so `lab down` finds it even if this process is SIGKILLed
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -110,6 +111,7 @@ class Lab:
         for host in plan.hosts:
             ns = self.topo.add_ns(host.role, name=self.ns_name(host.role))
             self.ns[host.role] = ns
+            self.record(kept=False)
             self._quiet_ipv6(ns)
         # every wire goes through the switch namespace: one bridge per network, one port per
         # host interface. The switch is where the lab captures, so it sees each frame exactly as
@@ -133,6 +135,7 @@ class Lab:
                 netns.set_mac(ns, interface.name, interface.mac)
                 netns.link_up(ns, interface.name)
                 netns.addr(ns, interface.name, f"{interface.address}/{interface.prefixlen}")
+        self.record(kept=False)
         director = self.ns["director"]
         netns.sysctl(director, "net.ipv4.ip_forward", 1)
         if plan.vip_on_director:
@@ -315,12 +318,16 @@ class Lab:
             netns.sysctl(self.ns[role], f"net.ipv4.conf.{ifname}.arp_announce", announce)
 
     # ------------------------------------------------------------------ keeping
-    def record_kept(self) -> str:
+    def record(self, kept: bool) -> str:
+        """Write lab.json: what `lvsuser lab down` needs to remove this lab."""
         path = os.path.join(self.dir, "lab.json")
-        with open(path, "w") as f:
-            json.dump({"id": self.lab_id, "mode": self.plan.mode, "namespaces": self.ns_list(),
-                       "real_servers": {h.role: self.ns[h.role] for h in self.plan.real_servers},
+        with open(path + ".tmp", "w") as f:
+            json.dump({"id": self.lab_id, "mode": self.plan.mode, "owner_pid": os.getpid(),
+                       "kept": kept, "namespaces": self.ns_list(),
+                       "real_servers": {h.role: self.ns[h.role] for h in self.plan.real_servers
+                                        if h.role in self.ns},
                        "control": self.control, "created": time.time()}, f, indent=1)
+        os.replace(path + ".tmp", path)
         return path
 
     def ns_list(self) -> list[str]:
@@ -329,7 +336,20 @@ class Lab:
 
 # --------------------------------------------------------------------------- lab down
 
-def kept_labs() -> list[dict]:
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (ProcessLookupError, TypeError, ValueError):
+        return False
+    except PermissionError:
+        return True
+
+
+def recorded_labs(include_running: bool = False) -> list[dict]:
+    """Labs recorded under /run/lvsuser/lab: kept ones, and ones whose lab process died
+    without cleaning up (SIGKILL). Labs still being run by a live process are left alone
+    unless INCLUDE_RUNNING."""
     labs = []
     try:
         entries = sorted(os.listdir(LAB_ROOT))
@@ -338,14 +358,16 @@ def kept_labs() -> list[dict]:
     for entry in entries:
         try:
             with open(os.path.join(LAB_ROOT, entry, "lab.json")) as f:
-                labs.append(json.load(f))
+                record = json.load(f)
         except (OSError, ValueError):
             continue
+        if record.get("kept") or include_running or not _alive(record.get("owner_pid")):
+            labs.append(record)
     return labs
 
 
 def take_down(record: dict, say=print) -> None:
-    """Remove a kept lab: undo its real servers, remove its namespaces, forget it."""
+    """Remove a recorded lab: undo its real servers, remove its namespaces, forget it."""
     mode = record.get("mode", "nat")
     for role, ns in record.get("real_servers", {}).items():
         if netns.exists(ns):

@@ -133,6 +133,33 @@ def test_lab_sigint_mid_run_leaves_nothing():
     assert not os.path.exists(f"/run/lvsuser/lab/nat{proc.pid}")
 
 
+def test_lab_down_removes_what_a_killed_lab_left():
+    proc = subprocess.Popen([sys.executable, "-m", "lvsuser", "lab", "tun"], env=ENV, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        seen = ""
+        deadline = time.monotonic() + 30
+        while "real servers" not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+            if ready:
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                seen += line
+        proc.kill()  # no chance to clean up
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    left = lab_namespaces(proc.pid)
+    assert left, "a SIGKILLed lab leaves its namespaces (that is what `lab down` is for)"
+    down = run_lab("down")
+    assert down.returncode == 0 and f"tun{proc.pid}" in down.stdout
+    assert lab_namespaces(proc.pid) == []
+    assert not os.path.exists(f"/run/lvsuser/lab/tun{proc.pid}")
+
+
 def test_lab_keep_then_down():
     result = run_lab("dr", "--keep", "--requests", "2")
     try:

@@ -370,8 +370,6 @@ class TableBackend(Backend):
             raise IPVSError(errno.ERANGE, "lower threshold is higher than upper threshold")
         if dest.tun_type == TunType.GUE and dest.tun_port == 0:
             raise IPVSError(errno.EINVAL, "GUE tunnel needs a port")
-        if dest.tun_type == TunType.GRE and dest.tun_flags & model.TUN_FLAG_REMCSUM:
-            raise IPVSError(errno.EINVAL, "GRE tunnels have no remote checksum offload")
 
     @staticmethod
     def _find_dest(svc: Service, dest: Dest) -> Optional[Dest]:

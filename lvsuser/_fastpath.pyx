@@ -26,4 +26,4 @@ include "fastpath/conntab.pxi"
 include "fastpath/core.pxi"
 include "fastpath/xmit.pxi"
 include "fastpath/core_api.pxi"
-# include "fastpath/io.pxi"   # enabled once io_afpacket.pxi/io_tun.pxi land (I/O engineer)
+include "fastpath/io.pxi"

@@ -17,6 +17,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from typing import Callable, Optional
@@ -100,6 +101,20 @@ def replace_table(backend: Backend, operations: list[rules.RuleOperation]) -> No
     rules.apply_operations(backend, reset + list(operations))
 
 
+def notify_systemd(state: str) -> None:
+    """sd_notify for Type=notify units: a datagram to $NOTIFY_SOCKET, if systemd gave one."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):  # an abstract socket name
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(state.encode(), address)
+    except OSError as exc:
+        log.warning("cannot notify systemd (%s): %s", state, exc)
+
+
 class Director:
     """The running daemon; ``run()`` blocks until stopped.  Usable in-process by tests."""
 
@@ -151,6 +166,7 @@ class Director:
         self.server = ControlServer(self.control_path, self.backend).start()
         log.info("serving control socket %s (backend %s)", self.control_path, self.backend.name)
         self.ready.set()
+        notify_systemd("READY=1")
         try:
             while not self._stop_requested:
                 # Signal handlers only set flags (an Event.set() from a handler could deadlock on
@@ -163,6 +179,7 @@ class Director:
                     self.reload()
             log.info("stopping")
         finally:
+            notify_systemd("STOPPING=1")
             self.server.stop()
             log.info("control socket %s removed", self.control_path)
 

@@ -146,3 +146,25 @@ def test_scheduler_plugins_are_loaded_before_rules(tmp_path, monkeypatch):
     assert table.scheduler_known(name)
     with pytest.raises(ValueError):
         daemon.load_schedulers([str(tmp_path / "missing.py")])
+
+
+def test_systemd_is_told_when_the_socket_is_ready(tmp_path, monkeypatch):
+    import socket as socket_mod
+
+    notify_path = str(tmp_path / "notify")
+    listener = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_DGRAM)
+    listener.bind(notify_path)
+    listener.settimeout(10)
+    monkeypatch.setenv("NOTIFY_SOCKET", notify_path)
+    path = str(tmp_path / "c.sock")
+    director = daemon.Director(TableBackend(), path)
+    runner = threading.Thread(target=director.run)
+    runner.start()
+    try:
+        assert listener.recv(64) == b"READY=1"
+        assert os.path.exists(path)  # ready means clients can connect now
+    finally:
+        director.request_stop()
+        runner.join(10)
+        assert listener.recv(64) == b"STOPPING=1"
+        listener.close()

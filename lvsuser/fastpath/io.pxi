@@ -101,6 +101,7 @@ cdef struct lvs_io_counters:
     uint64_t tx_frames
     uint64_t tx_bytes
     uint64_t batches
+    uint64_t wakeups             # poll() returns: about 10/s when idle, more under traffic
     uint64_t csum_completed      # partial checksums completed before the core saw the frame
     uint64_t gso_split           # super-frames cut into segments
     uint64_t gso_segments
@@ -112,6 +113,7 @@ cdef struct lvs_io_counters:
     uint64_t tx_errors           # send()/write() failures
     uint64_t rx_losing           # the kernel reported ring overruns
     uint64_t core_errors         # a Python core raised: that batch was not sent
+    uint64_t socket_errors       # errors pending on a ring's socket (interface went down)
 
 
 cdef inline double io_now() noexcept nogil:

@@ -23,6 +23,7 @@ cdef extern from "<sys/socket.h>" nogil:
         unsigned short sa_family
     int socket(int domain, int type, int protocol)
     int setsockopt(int sockfd, int level, int optname, const void *optval, unsigned int optlen)
+    int getsockopt(int sockfd, int level, int optname, void *optval, unsigned int *optlen)
     int bind(int sockfd, const sockaddr *addr, unsigned int addrlen)
     ssize_t send(int sockfd, const void *buf, size_t len, int flags)
     enum:
@@ -31,6 +32,8 @@ cdef extern from "<sys/socket.h>" nogil:
         SOL_PACKET
         SOCK_CLOEXEC
         MSG_DONTWAIT
+        SOL_SOCKET
+        SO_ERROR
 
 
 cdef extern from "<linux/if_ether.h>" nogil:
@@ -220,6 +223,15 @@ cdef void afp_close_port(afp_port *p) noexcept nogil:
     if p.tx_fd >= 0:
         close(p.tx_fd)
         p.tx_fd = -1
+
+
+cdef void afp_clear_error(afp_port *p, lvs_io_counters *ctr) noexcept nogil:
+    cdef int err = 0
+    cdef unsigned int errlen = sizeof(err)
+    getsockopt(p.rx_fd, SOL_SOCKET, SO_ERROR, &err, &errlen)
+    errlen = sizeof(err)
+    getsockopt(p.tx_fd, SOL_SOCKET, SO_ERROR, &err, &errlen)
+    ctr.socket_errors += 1
 
 
 cdef inline uint32_t afp_tx_slots(afp_port *p) noexcept nogil:
@@ -426,9 +438,15 @@ cdef class AfPacketDriver:
                 if errno == EINTR:
                     continue
                 return errno
+            self.ctr.wakeups += 1
             if fds[n].revents & POLLIN:
                 read(self.stop_fd, &junk, sizeof(junk))
                 return 0
+            # An interface going down leaves ENETDOWN pending on its socket, and poll() reports
+            # POLLERR until someone reads it: read it, or the loop would spin.
+            for i in range(n):
+                if fds[i].revents & POLLERR:
+                    afp_clear_error(&self.ports[i], &self.ctr)
             # Drain every ring, one batch at a time, until none has a finished block.
             more = 1
             while more:

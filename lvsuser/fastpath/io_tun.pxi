@@ -162,6 +162,7 @@ cdef class TunDriver:
                 if errno == EINTR:
                     continue
                 return errno
+            self.ctr.wakeups += 1
             if fds[1].revents & POLLIN:
                 read(self.stop_fd, &junk, sizeof(junk))
                 return 0

@@ -132,7 +132,11 @@ def test_monitor_reports_link_and_neighbour_changes(topo):
         monitor.stop()
 
 
-ROUTER_FRAMES = 400
+def _set_link(topo, ns, ifname, state):
+    from pyroute2 import IPRoute
+
+    with IPRoute(netns=ns) as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], state=state)
 
 
 class _MiniRouter:
@@ -194,6 +198,19 @@ def test_afpacket_driver_forwards_tso_and_partial_checksums(topo):
         upload = topo.run(a, ["curl", "-s", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}",
                               "-H", "X-Fill: " + "y" * 60000, "http://198.18.9.2/"])
         assert upload.stdout == "200", upload
+
+        # an interface going down and up again: no spinning on the pending error, and forwarding
+        # resumes by itself
+        wakeups_before = driver.stats()["wakeups"]
+        _set_link(topo, d, "ea", "down")
+        time.sleep(1.0)
+        wakeups = driver.stats()["wakeups"] - wakeups_before
+        _set_link(topo, d, "ea", "up")
+        # idle, the loop wakes every 100 ms; a pending socket error would wake it constantly
+        assert wakeups < 50, f"the driver woke {wakeups} times in 1 s with a link down"
+        again = wait_for(lambda: topo.run(a, ["curl", "-s", "-m", "2", "http://198.18.9.2/"]).stdout.strip() == "far",
+                         timeout=10, step=0.2)
+        assert again, "no forwarding after the link came back"
     finally:
         driver.stop()
         runner.join(5)
@@ -202,6 +219,7 @@ def test_afpacket_driver_forwards_tso_and_partial_checksums(topo):
     assert stats["gso_split"] > 0 and stats["gso_segments"] > stats["gso_split"], stats
     assert stats["csum_completed"] > 0, stats
     assert stats["tx_frames"] >= stats["rx_frames"] > 0, stats
+    assert stats["socket_errors"] > 0, stats  # the link-down error was seen and cleared
     for reason in ("drop_truncated", "drop_tx_full", "drop_tx_too_big", "drop_tx_no_ring"):
         assert stats[reason] == 0, stats
     assert core.seen > 0

@@ -35,7 +35,7 @@ from lvsuser.lab.plan import Plan
 LAB_ROOT = "/run/lvsuser/lab"
 PYTHON = sys.executable
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-START_TIMEOUT = 15.0
+START_TIMEOUT = 30.0  # generous: the lab must also work on a loaded two-core machine
 
 
 class LabError(RuntimeError):

@@ -29,7 +29,7 @@ def lab_namespaces(pid: int) -> list[str]:
     return [n for n in netns.list_netns() if n.endswith(f"-{pid}") and n.startswith("lvs")]
 
 
-def run_lab(*args, timeout=90) -> subprocess.CompletedProcess:
+def run_lab(*args, timeout=240) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "lvsuser", "lab", *args], env=ENV, cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
 

@@ -138,11 +138,23 @@ def test_tun_without_ipip_starts_the_decapsulator_and_delivers(host):
         "data,src=s.recvfrom(100); print(data.decode(), src[0], flush=True)\n" % VIP],
         stdout=subprocess.PIPE, text=True)
     assert listener.stdout.readline().strip() == "listening"
+    # the sender also listens for ICMP: the real server's kernel has no ipip, and must still
+    # not answer the tunnelled packet with "protocol unreachable" (type 3 code 2)
     sender = host.run(host.peer, [sys.executable, "-c",
+        "import socket, time\n"
         "from scapy.all import IP, UDP, Raw, send\n"
+        "icmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)\n"
         f"send(IP(src='{DIP}', dst='{RIP}')/IP(src='198.18.0.7', dst='{VIP}')/UDP(sport=5555, "
-        "dport=9999)/Raw(b'through-the-tunnel'), verbose=0)\n"], env=ENV)
+        "dport=9999)/Raw(b'through-the-tunnel'), verbose=0)\n"
+        "icmp.settimeout(1.0)\n"
+        "try:\n"
+        "    while True:\n"
+        "        data = icmp.recv(2000)\n"
+        "        print('icmp', data[20], data[21])\n"
+        "except socket.timeout:\n"
+        "    print('quiet')\n"], env=ENV)
     assert sender.returncode == 0, sender.stderr
+    assert sender.stdout.strip() == "quiet", sender.stdout
     out, _ = listener.communicate(timeout=10)
     assert out.strip() == "through-the-tunnel 198.18.0.7"
 

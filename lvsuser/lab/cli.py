@@ -184,8 +184,11 @@ def run_lab(mode: str, keep: bool, broken: str | None, count: int,
         print("lvsuser lab: needs root (it creates network namespaces)", file=sys.stderr)
         return 1
     started = time.monotonic()
-    print(f"{plan.title} lab: the guide's {mode.upper()} setup, in network namespaces "
-          f"(addresses: 192.168.137.x -> 198.18.137.x, 172.20.10.x -> 198.19.10.x)")
+    mapping = "192.168.137.x -> 198.18.137.x"
+    if "outside" in plan.networks:
+        mapping += ", 172.20.10.x -> 198.19.10.x"
+    print(f"{plan.title} lab: the guide's {mode.upper()} setup in network namespaces")
+    print(f"(the guide's addresses mapped into 198.18.0.0/15: {mapping})")
     status = 1
     try:
         with Lab(plan, keep=keep) as lab:

@@ -132,6 +132,11 @@ class Lvsuser(Candidate):
         self.control = ""
 
     def start(self, topo, workdir):
+        if self.mode == "dr" and self.io == "tun":
+            # Not a failure of lvsuser: DR rewrites the destination MAC, and a TUN device
+            # carries IP packets without Ethernet headers (issue 3: --io tun is for NAT/TUN).
+            raise Unavailable("DR needs Ethernet frames to rewrite the MAC; --io tun carries "
+                              "bare IP packets (use --io afpacket)")
         self.control = os.path.join(workdir, f"{self.name}.sock")
         if os.path.exists(self.control):
             os.unlink(self.control)

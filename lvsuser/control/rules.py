@@ -23,6 +23,7 @@ bad line is reported with its line number and the running table is left exactly 
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from dataclasses import dataclass
 from typing import Optional
@@ -188,6 +189,9 @@ def apply_operations(backend, operations: list[RuleOperation]) -> None:
             line = failed.line if failed else 0
             op = failed.op if failed else ""
             raise RulesError(line, ipvsadm_cli.strerror_for_operation(op, exc.errno), -1) from None
+        except model.IPVSError as exc:  # the batch as a whole was refused (e.g. too large)
+            reason = exc.message or os.strerror(exc.errno)
+            raise RulesError(0, f"the director refused the rules: {reason}", -1) from None
         return
     # A backend without batches (kernel IPVS): apply in order, undo what was done on failure.
     before = backend.get_services()
@@ -220,8 +224,8 @@ def restore(session, program: str) -> int:
         ipvsadm_cli._unreachable(exc)
     except RulesError as exc:
         session.err.write(f"{exc.message}\n")
-        session.err.write(f"{program}: line {exc.line} of the rules was refused; "
-                          f"no rule was applied\n")
+        where = f"line {exc.line} of the rules was refused" if exc.line else "the rules were refused"
+        session.err.write(f"{program}: {where}; no rule was applied\n")
         if exc.code == -1:
             return -1
         raise ipvsadm_cli.IpvsadmExit(exc.code)

@@ -116,3 +116,16 @@ def test_save_lists_mark_rules_after_services(table):
 def test_restore_inside_restore_is_refused(table):
     rc, out, err = run(table, "-R", stdin="-R\n")
     assert rc == 255 and "line 1" in err
+
+
+def test_a_batch_refused_as_a_whole_is_reported_without_a_line():
+    import errno
+
+    class RefusesBatches(TableBackend):
+        def apply_batch(self, operations):
+            raise model.IPVSError(errno.EMSGSIZE, "request too long")
+
+    rc, out, err = run(RefusesBatches(), "-R", stdin="-A -t 198.18.0.1:80 -s rr\n")
+    assert rc == 255
+    assert err == ("the director refused the rules: request too long\n"
+                   "ipvsadm: the rules were refused; no rule was applied\n")

@@ -570,7 +570,8 @@ def parse_sched_flags(sched: str, arg: str) -> int:
 
 
 def _option_to_protocol(value: int) -> int:
-    return {ord("t"): IPPROTO_TCP, ord("u"): IPPROTO_UDP, TAG_SCTP_SERVICE: IPPROTO_SCTP}.get(value, IPPROTO_IP)
+    protocols = {ord("t"): IPPROTO_TCP, ord("u"): IPPROTO_UDP, TAG_SCTP_SERVICE: IPPROTO_SCTP}
+    return protocols.get(value, IPPROTO_IP)
 
 
 def _set_command(ce: CommandEntry, cmd: int) -> None:

@@ -38,9 +38,11 @@ Make it known in either way:
       [project.entry-points."lvsuser.schedulers"]
       leastw = "mypkg.leastweight:LeastWeight"
 
-Then ``lvsuser ipvsadm -A -t 198.18.0.10:80 -s leastw``.  Plugin schedulers run in Python: a
-service using one is scheduled through the Python class, built-ins run in C.  Names of built-in
-schedulers cannot be taken by plugins.
+Then ``lvsuser ipvsadm -A -t 198.18.0.10:80 -s leastw``.  Built-ins run in C in the compiled
+datapath; a plugin is Python, so the datapath calls its ``schedule`` (with the GIL) for each new
+connection of a service that uses it -- fine for modest connection rates.  Names of built-in
+schedulers cannot be taken by plugins.  ``update()`` may also be called when nothing changed
+(the datapath republishes all services together); make it cheap and idempotent.
 """
 from __future__ import annotations
 

@@ -8,6 +8,9 @@ order).  Every change of
 dests resets ``cl`` to the head, recomputes di and mw = max - (di - 1) and keeps cw on the same
 step of the cycle (rounded onto the new di).  Overloaded dests are passed over; the search gives up
 after checking every dest at weight >= 1 once.
+
+The kernel resets the position only when a dest is added, edited or deleted; ``update()`` calls
+that change nothing (the datapath republishes all services when any one changes) are ignored.
 """
 from __future__ import annotations
 
@@ -29,6 +32,11 @@ class WeightedRoundRobin(Scheduler):
         self.di = self._gcd_weight()
         self.mw = self._max_weight() - (self.di - 1)
         self.cw = self.mw
+        self._signature = self._current_signature()
+
+    def _current_signature(self) -> list:
+        return [(d.addr, d.port, d.weight, d.u_threshold, d.l_threshold, int(d.fwd))
+                for d in self.service.dests]
 
     def _gcd_weight(self) -> int:
         g = 0
@@ -41,6 +49,10 @@ class WeightedRoundRobin(Scheduler):
         return max([0] + [d.weight for d in self.service.dests])
 
     def update(self) -> None:
+        signature = self._current_signature()
+        if signature == self._signature:
+            return
+        self._signature = signature
         self.cl = -1
         self.di = self._gcd_weight()
         self.mw = self._max_weight() - (self.di - 1)

@@ -32,6 +32,25 @@ import pytest
 VIP = "198.18.0.10"
 RS_NET = "198.18.1."
 CLIENT_NET = "198.18.2."
+# The same topology in IPv6, for the scenarios with "af": 6 (address folding in sh/mh).
+VIP6 = "2001:db8::10"
+RS_NET6 = "2001:db8:1::"
+CLIENT_NET6 = "2001:db8:2::"
+
+
+def _addrs(scenario):
+    """(vip, real-server prefix, client prefix) of a scenario's address family."""
+    if scenario.get("af") == 6:
+        return VIP6, RS_NET6, CLIENT_NET6
+    return VIP, RS_NET, CLIENT_NET
+
+
+def _host(prefix, n):
+    return f"{prefix}{n:x}" if ":" in prefix else f"{prefix}{n}"
+
+
+def _endpoint(addr, port):
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 # Steps: ("add", rs, weight[, upper_threshold]), ("edit", rs, weight), ("del", rs),
 #        ("conn", client, "hold" | "close"); rs n is 198.18.1.n, client n is 198.18.2.n.
@@ -94,6 +113,12 @@ def _scenarios():
             ("add", 11, 1), ("add", 12, 1), ("add", 13, 1), ("edit", 11, 0), *_conns(range(1, 21))]},
         {"name": "mh-port", "scheduler": "mh", "sched_flags": "mh-port", "steps": [
             ("add", 11, 1), ("add", 12, 1), ("add", 13, 2), *_conns([3] * 15)]},
+        {"name": "sh-ipv6", "scheduler": "sh", "af": 6, "steps": [
+            ("add", 11, 1), ("add", 12, 2), ("add", 13, 1), *_conns(many)]},
+        {"name": "mh-ipv6", "scheduler": "mh", "af": 6, "steps": [
+            ("add", 11, 1), ("add", 12, 1), ("add", 13, 1), *_conns(many)]},
+        {"name": "wlc-ipv6", "scheduler": "wlc", "af": 6, "steps": [
+            ("add", 11, 1), ("add", 12, 2), ("add", 13, 3), *hold_close]},
     ]
 
 
@@ -141,6 +166,18 @@ def _build_topology():
     for n in range(11, 31):
         run("rs", "ip", "addr", "add", f"{RS_NET}{n}/24", "dev", "r0")
     run("rs", "ip", "route", "add", "default", "via", RS_NET + "1")
+    run("dir", "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+    run("dir", "ip", "-6", "addr", "add", "2001:db8::1/64", "dev", "d0", "nodad")
+    run("dir", "ip", "-6", "addr", "add", VIP6 + "/128", "dev", "d0", "nodad")
+    run("dir", "ip", "-6", "addr", "add", RS_NET6 + "1/64", "dev", "d1", "nodad")
+    run("dir", "ip", "-6", "route", "add", CLIENT_NET6 + "/64", "via", "2001:db8::2")
+    run("cli", "ip", "-6", "addr", "add", "2001:db8::2/64", "dev", "c0", "nodad")
+    for n in range(1, 41):
+        run("cli", "ip", "-6", "addr", "add", _host(CLIENT_NET6, n) + "/128", "dev", "c0", "nodad")
+    run("cli", "ip", "-6", "route", "add", "default", "via", "2001:db8::1")
+    for n in range(11, 31):
+        run("rs", "ip", "-6", "addr", "add", _host(RS_NET6, n) + "/64", "dev", "r0", "nodad")
+    run("rs", "ip", "-6", "route", "add", "default", "via", RS_NET6 + "1")
 
 
 def _serve(listener):
@@ -151,7 +188,8 @@ def _serve(listener):
         for key, _ in sel.select():
             if key.fileobj is listener:
                 conn, _ = listener.accept()
-                conn.sendall(conn.getsockname()[0].encode() + b"\n")
+                local = conn.getsockname()[0].removeprefix("::ffff:")
+                conn.sendall(local.encode() + b"\n")
                 sel.register(conn, selectors.EVENT_READ)
             else:
                 if not key.fileobj.recv(100):
@@ -161,13 +199,18 @@ def _serve(listener):
 
 def _read_dests():
     """The kernel's dest list of the one service: [address, weight, active, inactive]."""
+    import ipaddress
     dests = []
     with open("/proc/net/ip_vs") as f:
         for line in f:
             parts = line.split()
-            if parts[:1] == ["->"] and ":" in parts[1] and parts[1] != "RemoteAddress:Port":
+            if parts[:1] != ["->"] or parts[1] == "RemoteAddress:Port":
+                continue
+            if parts[1].startswith("["):   # [2001:0db8:...]:0050
+                addr = str(ipaddress.ip_address(parts[1][1:parts[1].index("]")]))
+            else:                          # C612010B:0050
                 addr = socket.inet_ntoa(bytes.fromhex(parts[1].split(":")[0]))
-                dests.append([addr, int(parts[3]), int(parts[4]), int(parts[5])])
+            dests.append([addr, int(parts[3]), int(parts[4]), int(parts[5])])
     return dests
 
 
@@ -176,7 +219,9 @@ def _ipvsadm(*args):
 
 
 def _run_scenario(scenario, own_ns):
-    service = ["-t", VIP + ":80"]
+    vip, rs_net, client_net = _addrs(scenario)
+    family = socket.AF_INET6 if scenario.get("af") == 6 else socket.AF_INET
+    service = ["-t", _endpoint(vip, 80)]
     create = ["-A", *service, "-s", scenario["scheduler"]]
     if scenario.get("sched_flags"):
         create += ["-b", scenario["sched_flags"]]
@@ -191,19 +236,21 @@ def _run_scenario(scenario, own_ns):
             kind = step[0]
             if kind == "add":
                 extra = ["-x", str(step[3])] if len(step) > 3 else []
-                _ipvsadm("-a", *service, "-r", f"{RS_NET}{step[1]}:80", "-m", "-w", str(step[2]), *extra)
+                _ipvsadm("-a", *service, "-r", _endpoint(_host(rs_net, step[1]), 80), "-m",
+                         "-w", str(step[2]), *extra)
                 records.append({"step": list(step)})
             elif kind == "edit":
-                _ipvsadm("-e", *service, "-r", f"{RS_NET}{step[1]}:80", "-m", "-w", str(step[2]))
+                _ipvsadm("-e", *service, "-r", _endpoint(_host(rs_net, step[1]), 80), "-m",
+                         "-w", str(step[2]))
                 records.append({"step": list(step)})
             elif kind == "del":
-                _ipvsadm("-d", *service, "-r", f"{RS_NET}{step[1]}:80")
+                _ipvsadm("-d", *service, "-r", _endpoint(_host(rs_net, step[1]), 80))
                 records.append({"step": list(step)})
             else:
-                client = f"{CLIENT_NET}{step[1]}"
+                client = _host(client_net, step[1])
                 _setns("/run/netns/cli")
                 try:
-                    sock = socket.socket()
+                    sock = socket.socket(family)
                 finally:
                     _setns(own_ns)
                 sock.settimeout(3)
@@ -212,7 +259,7 @@ def _run_scenario(scenario, own_ns):
                 before = _read_dests()
                 now = time.monotonic()
                 try:
-                    sock.connect((VIP, 80))
+                    sock.connect((vip, 80))
                     reached = sock.makefile().readline().strip() or None
                 except OSError:
                     reached = None
@@ -232,9 +279,10 @@ def _run_scenario(scenario, own_ns):
 def guest_main():
     _build_topology()
     _setns("/run/netns/rs")
-    listener = socket.socket()
+    listener = socket.socket(socket.AF_INET6)   # dual stack: v4 clients arrive as ::ffff:a.b.c.d
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("0.0.0.0", 80))
+    listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    listener.bind(("::", 80))
     listener.listen(128)
     _setns("/run/netns/dir")
     threading.Thread(target=_serve, args=(listener,), daemon=True).start()
@@ -288,9 +336,12 @@ def test_scheduler_decisions_match_kernel_ipvs(kernel_records, name):
                   "sh-port": model.SVC_F_SCHED2, "mh-port": model.SVC_F_SCHED2}[flag]
     if scenario.get("persistent"):
         flags |= model.SVC_F_PERSISTENT
-    vip = ipaddress.ip_address(VIP)
-    svc = model.Service(af=model.AF_INET, protocol=model.IPPROTO_TCP, addr=vip, port=80,
-                        scheduler=scenario["scheduler"], flags=flags)
+    vip_text, rs_net, client_net = _addrs(scenario)
+    vip = ipaddress.ip_address(vip_text)
+    af = model.af_of(vip)
+    svc = model.Service(af=af, protocol=model.IPPROTO_TCP, addr=vip, port=80,
+                        scheduler=scenario["scheduler"], flags=flags,
+                        netmask=128 if af == model.AF_INET6 else model.DEFAULT_NETMASK_V4)
     py = schedulers.create(scenario["scheduler"], svc)
     c = csched.SchedHarness(scenario["scheduler"], svc)
     templates = {}
@@ -300,14 +351,14 @@ def test_scheduler_decisions_match_kernel_ipvs(kernel_records, name):
     for record in records:
         step = record["step"]
         if step[0] == "add":
-            dest = model.Dest(addr=ipaddress.ip_address(f"{RS_NET}{step[1]}"), port=80,
+            dest = model.Dest(addr=ipaddress.ip_address(_host(rs_net, step[1])), port=80, af=af,
                               fwd=model.Forward.MASQ, weight=step[2],
                               u_threshold=step[3] if len(step) > 3 else 0)
             svc.dests.insert(0, dest)
         elif step[0] == "edit":
-            svc.find_dest(ipaddress.ip_address(f"{RS_NET}{step[1]}"), 80).weight = step[2]
+            svc.find_dest(ipaddress.ip_address(_host(rs_net, step[1])), 80).weight = step[2]
         elif step[0] == "del":
-            svc.dests.remove(svc.find_dest(ipaddress.ip_address(f"{RS_NET}{step[1]}"), 80))
+            svc.dests.remove(svc.find_dest(ipaddress.ip_address(_host(rs_net, step[1])), 80))
         if step[0] != "conn":
             py.update()
             c.update(svc)
@@ -320,15 +371,14 @@ def test_scheduler_decisions_match_kernel_ipvs(kernel_records, name):
             dest.activeconns, dest.inactconns = active, inactive
             overloaded = dest.u_threshold and active + inactive >= dest.u_threshold
             dest.flags = model.DEST_F_AVAILABLE | (model.DEST_F_OVERLOAD if overloaded else 0)
-        client = ipaddress.ip_address(f"{CLIENT_NET}{step[1]}")
+        client = ipaddress.ip_address(_host(client_net, step[1]))
         if scenario.get("persistent") and client in templates:
             assert record["reached"] == templates[client]  # the template, not the scheduler
             continue
-        pkt = PacketInfo(model.AF_INET, model.IPPROTO_TCP, client, record["sport"], vip, 80)
+        pkt = PacketInfo(af, model.IPPROTO_TCP, client, record["sport"], vip, 80)
         c.refresh(svc)
         py_dest = py.schedule(pkt, record["now"])
-        c_index = c.schedule(model.AF_INET, model.IPPROTO_TCP, client, record["sport"], vip, 80,
-                             record["now"])
+        c_index = c.schedule(af, model.IPPROTO_TCP, client, record["sport"], vip, 80, record["now"])
         py_addr = str(py_dest.addr) if py_dest else None
         c_addr = str(svc.dests[c_index].addr) if c_index >= 0 else None
         where = f"{name}: connection from {client}:{record['sport']} with dests {record['dests']}"

@@ -199,6 +199,13 @@ def test_wrr_weight_change_resets_position_and_keeps_step(csched):
     assert pair.picks(4) == list("ccac")
 
 
+def test_wrr_update_without_changes_keeps_position(csched):
+    pair = Pair(csched, make_service("wrr", [("c", 2), ("b", 3), ("a", 4)]))
+    assert pair.picks(4) == list("aaba")
+    pair.update()  # a republish that changed nothing: the kernel ran no hook
+    assert pair.picks(5) == list("bcabc")
+
+
 def test_wrr_all_overloaded_or_zero_gives_none_and_recovers(csched):
     pair = Pair(csched, make_service("wrr", [("b", 1), ("a", 2)]))
     for dest in pair.svc.dests:

@@ -4,13 +4,39 @@
 # positive weights).  Each pass over the list serves every dest with weight >= cw, then cw -= di,
 # restarting at mw; so 4:3:2 gives a a b a b c a b c.  Dest changes reset cl to the head and
 # re-derive di and mw = max - (di - 1), keeping cw on the same step.  The search stops after every
-# dest has been tried at weight >= 1 once (all overloaded).
+# dest has been tried at weight >= 1 once (all overloaded).  The kernel runs its hook only when a
+# dest is added, edited or deleted, so an update_service that changes nothing (the core republishes
+# every service when one changes) is recognised by a signature of the dests and ignored.
 
 cdef struct lvs_wrr_state:
     int64_t cl
     int cw
     int mw
     int di
+    uint64_t signature          # of the dests' identities, weights, thresholds and methods
+
+
+cdef inline uint64_t lvs_fnv1a(uint64_t h, const void *data, size_t size) noexcept nogil:
+    cdef const uint8_t *p = <const uint8_t *>data
+    cdef size_t i
+    for i in range(size):
+        h = (h ^ p[i]) * <uint64_t>0x100000001B3
+    return h
+
+
+cdef uint64_t lvs_wrr_signature(const lvs_service *svc) noexcept nogil:
+    cdef uint64_t h = <uint64_t>0xCBF29CE484222325 ^ svc.num_dests
+    cdef uint32_t i
+    cdef const lvs_dest *d
+    for i in range(svc.num_dests):
+        d = &svc.dests[i]
+        h = lvs_fnv1a(h, d.addr, 16)
+        h = lvs_fnv1a(h, &d.port, sizeof(d.port))
+        h = lvs_fnv1a(h, &d.weight, sizeof(d.weight))
+        h = lvs_fnv1a(h, &d.u_threshold, sizeof(d.u_threshold))
+        h = lvs_fnv1a(h, &d.l_threshold, sizeof(d.l_threshold))
+        h = lvs_fnv1a(h, &d.fwd, sizeof(d.fwd))
+    return h
 
 
 cdef int lvs_wrr_gcd_weight(const lvs_service *svc) noexcept nogil:
@@ -41,12 +67,17 @@ cdef int lvs_wrr_init(lvs_service *svc) noexcept nogil:
     st.di = lvs_wrr_gcd_weight(svc)
     st.mw = lvs_wrr_max_weight(svc) - (st.di - 1)
     st.cw = st.mw
+    st.signature = lvs_wrr_signature(svc)
     svc.sched_data = st
     return 0
 
 
 cdef int lvs_wrr_update(lvs_service *svc) noexcept nogil:
     cdef lvs_wrr_state *st = <lvs_wrr_state *>svc.sched_data
+    cdef uint64_t signature = lvs_wrr_signature(svc)
+    if signature == st.signature:
+        return 0
+    st.signature = signature
     st.cl = -1
     st.di = lvs_wrr_gcd_weight(svc)
     st.mw = lvs_wrr_max_weight(svc) - (st.di - 1)

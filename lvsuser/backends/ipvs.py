@@ -384,6 +384,84 @@ class IPVSBackend(Backend):
             except NetlinkError as exc:
                 raise IPVSError(exc.code, os.strerror(exc.code)) from None
 
+    # --- batches (ipvsadm -R, rules files) -------------------------------------------------
+    BATCH_OPERATIONS = frozenset({"add_service", "edit_service", "del_service", "flush", "zero",
+                                  "add_dest", "edit_dest", "del_dest", "set_timeouts"})
+
+    def apply_batch(self, operations: list[tuple[str, dict]]) -> None:
+        """Apply (method name, keyword args) pairs all-or-nothing.
+
+        The kernel has no transactions, so before each operation we compute the calls that would
+        undo it; on a refusal those undo steps run, newest first, and BatchFailed(index, errno) is
+        raised.  Counters zeroed by a `zero` in a refused batch stay zeroed: they cannot be put
+        back."""
+        from lvsuser.backends.table import BatchFailed
+
+        undo: list[list] = []
+        for index, (op, kwargs) in enumerate(operations):
+            if op not in self.BATCH_OPERATIONS:
+                self._undo(undo)
+                raise BatchFailed(index, errno.EINVAL, f"operation {op!r} not allowed in a batch")
+            try:
+                inverse = self._inverse_of(op, kwargs)
+                getattr(self, op)(**kwargs)
+            except IPVSError as exc:
+                self._undo(undo)
+                raise BatchFailed(index, exc.errno, exc.message) from None
+            undo.append(inverse)
+
+    def _inverse_of(self, op: str, kwargs: dict) -> list:
+        """The calls, in execution order, that undo `op` once it has succeeded."""
+        if op == "add_service":
+            return [(self.del_service, (kwargs["svc"].key,))]
+        if op == "edit_service":
+            old = self.get_service(kwargs["svc"].key)
+            return [(self.edit_service, (old,))] if old else []
+        if op == "del_service":
+            old = self.get_service(kwargs["key"])
+            return self._recreate(old) if old else []
+        if op == "flush":
+            calls = []
+            for old in self.get_services():
+                calls += self._recreate(old)
+            return calls
+        if op == "add_dest":
+            return [(self.del_dest, (kwargs["key"], kwargs["dest"]))]
+        if op in ("edit_dest", "del_dest"):
+            key = kwargs["key"]
+            svc = self.get_service(key)
+            old = svc.find_dest(kwargs["dest"].addr, kwargs["dest"].port) if svc else None
+            if old is None:
+                return []
+            if op == "edit_dest":
+                return [(self.edit_dest, (key, old))]
+            # The kernel adds at the head of its list (newest first), and schedulers such as rr
+            # walk that list: to put the dest back in its place, the dests newer than it are
+            # taken out and re-added after it (the kernel revives them from its trash, counters
+            # included).
+            newer = svc.dests[:svc.dests.index(old)]
+            calls = [(self.del_dest, (key, d)) for d in newer]
+            calls.append((self.add_dest, (key, old)))
+            calls += [(self.add_dest, (key, d)) for d in reversed(newer)]
+            return calls
+        if op == "set_timeouts":
+            return [(self.set_timeouts, (self.get_timeouts(),))]
+        return []  # zero: counters cannot be restored
+
+    def _recreate(self, svc: Service) -> list:
+        """Calls that bring back a deleted service with its dests in the kernel's list order
+        (newest first, so the oldest is added first)."""
+        return [(self.add_service, (svc,))] + [(self.add_dest, (svc.key, d))
+                                               for d in reversed(svc.dests)]
+
+    def _undo(self, undo: list[list]) -> None:
+        for calls in reversed(undo):
+            for function, args in calls:
+                try:
+                    function(*args)
+                except IPVSError:
+                    pass  # best effort: the kernel changed under us; keep undoing the rest
+
     # --- info -----------------------------------------------------------------------------
     def get_info(self) -> dict:
         sock = self._open(ipvs_info_msg)

@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"not {args.mode}; run 'lvsuser realserver {state.get('mode')} --undo'",
                       file=sys.stderr)
                 return 2
-            realserver.undo()
+            with realserver.exclusive():
+                realserver.undo()
             return 0
         vips, director = args.vip, args.director
         if args.check:
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"    fix: {problem.fix}")
                 previous_fix = problem.fix
             return 1
-        realserver.apply(args.mode, vips, director)
+        with realserver.exclusive():
+            realserver.apply(args.mode, vips, director)
         return 0
     except realserver.RealServerError as exc:
         print(f"lvsuser realserver: {exc}", file=sys.stderr)

@@ -33,6 +33,8 @@ What each mode needs, and why:
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import ipaddress
 import json
 import os
@@ -96,6 +98,24 @@ def state_dir() -> str:
 
 def state_path() -> str:
     return os.path.join(state_dir(), "state.json")
+
+
+@contextlib.contextmanager
+def exclusive():
+    """Serialise apply/undo in this namespace (two at once would interleave their journals) by
+    locking the namespace's state directory; an empty one is removed again afterwards."""
+    directory = state_dir()
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        try:
+            os.rmdir(directory)  # only succeeds when nothing is recorded
+        except OSError:
+            pass
+        os.close(fd)
 
 
 def live_namespace_inodes() -> set[int]:

@@ -421,3 +421,37 @@ def test_nat_ipv6(topo, tmp_path, sock_path, lvsuser_ready):
         assert not kernel, [p.summary() for p in kernel[:5]]
     finally:
         assert director.stop() == 0, director.log()
+
+
+def test_interface_added_after_start(topo, tmp_path, sock_path, lvsuser_ready):
+    """`lvsuser run` with no interface names serves interfaces that appear later (the rings
+    follow the kernel's links), and guards them too."""
+    cl, dr = topo.add_ns("cl"), topo.add_ns("dr")
+    topo.veth(cl, "eth0", dr, "eth0")
+    topo.addr(cl, "eth0", "198.18.0.2/24")
+    topo.addr(dr, "eth0", "198.18.0.1/24")
+    topo.addr(dr, "eth0", f"{VIP_NAT}/32")
+    topo.route(cl, "default", "198.18.0.1")
+    topo.sysctl(dr, "net.ipv4.ip_forward", 1)
+    director = Director(topo, dr, sock_path)
+    director.start()
+    try:
+        # now the real-server side appears: a new interface in the director's namespace
+        rs1 = topo.add_ns("rsa")
+        topo.veth(dr, "eth1", rs1, "eth0")
+        topo.addr(dr, "eth1", "198.18.1.1/24")
+        topo.addr(rs1, "eth0", "198.18.1.11/24")
+        realserver(topo, rs1, "nat", "--director", "198.18.1.1")
+        start_realserver(topo, rs1, "rs1", "0.0.0.0")
+        director.ipvsadm("-A", "-t", f"{VIP_NAT}:80", "-s", "rr")
+        director.ipvsadm("-a", "-t", f"{VIP_NAT}:80", "-r", "198.18.1.11:80", "-m")
+
+        def served():
+            result = topo.run(cl, ["curl", "-s", "-m", "2", f"http://{VIP_NAT}/"], timeout=10)
+            return result.stdout.strip() == "rs1"
+
+        assert wait_for(served, timeout=10, step=0.3), director.log()
+        guard = topo.run(dr, ["nft", "list", "ruleset"]).stdout
+        assert 'device "eth1"' in guard and "saddr 198.18.1.11" in guard, guard
+    finally:
+        assert director.stop() == 0, director.log()

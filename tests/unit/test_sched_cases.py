@@ -556,3 +556,21 @@ def test_python_twin_and_c_agree_on_random_workloads(csched, name):
                 daddr = ip(f"2001:db8:3::{rng.randrange(6):x}")
             pair.pick(saddr=saddr, sport=rng.randrange(1024, 65536), daddr=daddr, now=now,
                       protocol=rng.choice([model.IPPROTO_TCP, model.IPPROTO_UDP]))
+
+
+def test_mh_refuses_more_dests_than_its_table(csched):
+    svc = make_service("mh")
+    for i in range(4094):
+        svc.dests.append(model.Dest(addr=ip(f"198.18.{64 + i // 256}.{i % 256}"), port=80))
+    with pytest.raises(ValueError, match="4093"):
+        csched.SchedHarness("mh", svc)
+    with pytest.raises(ValueError, match="4093"):
+        schedulers.create("mh", svc)
+    small = make_service("mh", [("a", 1), ("b", 1)])
+    harness = csched.SchedHarness("mh", small)
+    small.dests.extend(svc.dests)
+    with pytest.raises(ValueError, match="4093"):
+        harness.update(small)   # the kernel keeps its old table too (add_dest's error is ignored)
+    del small.dests[2:]
+    harness.update(small)
+    assert harness.schedule(model.AF_INET, model.IPPROTO_TCP, CLIENT, 1, VIP, 80) in (0, 1)

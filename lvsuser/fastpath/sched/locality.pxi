@@ -206,6 +206,8 @@ cdef int lvs_loc_update(lvs_service *svc) noexcept nogil:
     cdef int32_t idx
     cdef lvs_loc_entry *en
     cdef lvs_loc_member *m
+    if svc.sched_data == NULL:   # an earlier init failed: start afresh
+        return lvs_loc_init(svc)
     if lvs_keys_of(svc, &keys) < 0:
         return -1
     if lvs_key_index_build(&ix, keys, svc.num_dests) < 0:
@@ -262,6 +264,8 @@ cdef int lvs_lblc_schedule(lvs_service *svc, const lvs_pkt_info *pkt, double now
     cdef lvs_loc_entry *en
     cdef int32_t idx
     cdef int pick
+    if svc.sched_data == NULL:   # init_service failed: no state, no dest
+        return -1
     lvs_loc_age(t, now)
     en = lvs_loc_get(t, pkt.af, pkt.daddr)
     if en != NULL:
@@ -376,6 +380,8 @@ cdef int lvs_lblcr_schedule(lvs_service *svc, const lvs_pkt_info *pkt, double no
     cdef lvs_loc_member *most
     cdef int32_t idx
     cdef int pick
+    if svc.sched_data == NULL:   # init_service failed: no state, no dest
+        return -1
     lvs_loc_age(t, now)
     en = lvs_loc_get(t, pkt.af, pkt.daddr)
     if en != NULL:

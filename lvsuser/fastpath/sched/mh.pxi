@@ -174,6 +174,8 @@ cdef int lvs_mh_init(lvs_service *svc) noexcept nogil:
 
 
 cdef int lvs_mh_update(lvs_service *svc) noexcept nogil:
+    if svc.sched_data == NULL:   # an earlier init failed: start afresh
+        return lvs_mh_init(svc)
     return lvs_mh_rebuild(<lvs_mh_state *>svc.sched_data, svc)
 
 
@@ -190,6 +192,8 @@ cdef int lvs_mh_schedule(lvs_service *svc, const lvs_pkt_info *pkt, double now) 
     cdef lvs_mh_state *st = <lvs_mh_state *>svc.sched_data
     cdef uint32_t port = 0, ihash, offset, roffset
     cdef int32_t idx
+    if svc.sched_data == NULL:   # init_service failed: no state, no dest
+        return -1
     if (svc.flags & LVS_SVC_F_SCHED2) and lvs_proto_has_ports(pkt.protocol):
         port = lvs_ntohs(pkt.sport)
     ihash = lvs_mh_hashkey(pkt.af, pkt.saddr, port, LVS_MH_HASH1_KEY, 0) % LVS_MH_TAB_SIZE

@@ -32,6 +32,8 @@ cdef int lvs_rr_update(lvs_service *svc) noexcept nogil:
     cdef lvs_dest_key *keys
     cdef lvs_key_index ix
     cdef int64_t i, found = -1
+    if svc.sched_data == NULL:   # an earlier init failed: start afresh
+        return lvs_rr_init(svc)
     if lvs_keys_of(svc, &keys) < 0:
         return -1
     if lvs_key_index_build(&ix, keys, svc.num_dests) < 0:
@@ -67,8 +69,10 @@ cdef inline bint lvs_rr_usable(const lvs_dest *d) noexcept nogil:
 cdef int lvs_rr_schedule(lvs_service *svc, const lvs_pkt_info *pkt, double now) noexcept nogil:
     cdef lvs_rr_state *st = <lvs_rr_state *>svc.sched_data
     cdef int64_t n = svc.num_dests
-    cdef int64_t cursor = st.cursor
-    cdef int64_t i
+    cdef int64_t cursor, i
+    if svc.sched_data == NULL:   # init_service failed: no state, no dest
+        return -1
+    cursor = st.cursor
     if cursor >= n:
         cursor = -1
     for i in range(cursor + 1, n):

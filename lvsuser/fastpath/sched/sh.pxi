@@ -46,6 +46,8 @@ cdef int lvs_sh_init(lvs_service *svc) noexcept nogil:
 
 
 cdef int lvs_sh_update(lvs_service *svc) noexcept nogil:
+    if svc.sched_data == NULL:   # an earlier init failed: start afresh
+        return lvs_sh_init(svc)
     lvs_sh_fill(<lvs_hash_table_state *>svc.sched_data, svc, True)
     return 0
 
@@ -60,6 +62,8 @@ cdef int lvs_dh_init(lvs_service *svc) noexcept nogil:
 
 
 cdef int lvs_dh_update(lvs_service *svc) noexcept nogil:
+    if svc.sched_data == NULL:   # an earlier init failed: start afresh
+        return lvs_dh_init(svc)
     lvs_sh_fill(<lvs_hash_table_state *>svc.sched_data, svc, False)
     return 0
 
@@ -82,6 +86,8 @@ cdef int lvs_sh_schedule(lvs_service *svc, const lvs_pkt_info *pkt, double now) 
     cdef lvs_hash_table_state *st = <lvs_hash_table_state *>svc.sched_data
     cdef uint32_t port = 0, ihash, offset, roffset
     cdef int32_t idx
+    if svc.sched_data == NULL:   # init_service failed: no state, no dest
+        return -1
     if (svc.flags & LVS_SVC_F_SCHED2) and lvs_proto_has_ports(pkt.protocol):
         port = lvs_ntohs(pkt.sport)
     ihash = lvs_sh_hashkey(pkt.af, pkt.saddr, port, 0)
@@ -102,8 +108,11 @@ cdef int lvs_sh_schedule(lvs_service *svc, const lvs_pkt_info *pkt, double now) 
 
 cdef int lvs_dh_schedule(lvs_service *svc, const lvs_pkt_info *pkt, double now) noexcept nogil:
     cdef lvs_hash_table_state *st = <lvs_hash_table_state *>svc.sched_data
-    cdef int32_t idx = st.bucket[lvs_hash_32(lvs_addr_fold(pkt.af, pkt.daddr), LVS_SH_TAB_BITS)]
+    cdef int32_t idx
     cdef const lvs_dest *d
+    if svc.sched_data == NULL:   # init_service failed: no state, no dest
+        return -1
+    idx = st.bucket[lvs_hash_32(lvs_addr_fold(pkt.af, pkt.daddr), LVS_SH_TAB_BITS)]
     if idx < 0 or idx >= <int32_t>svc.num_dests:
         return -1
     d = &svc.dests[idx]

@@ -49,6 +49,8 @@ cdef int lvs_twos_schedule(lvs_service *svc, const lvs_pkt_info *pkt, double now
     cdef int64_t i, choice1 = -1, choice2 = -1
     cdef int64_t total = 0, rweight1, rweight2, w
     cdef const lvs_dest *d
+    if svc.sched_data == NULL:   # init_service failed: no state, no dest
+        return -1
     for i in range(svc.num_dests):
         d = &svc.dests[i]
         if not lvs_dest_overloaded(d) and d.weight > 0:

@@ -75,6 +75,8 @@ cdef int lvs_wrr_init(lvs_service *svc) noexcept nogil:
 cdef int lvs_wrr_update(lvs_service *svc) noexcept nogil:
     cdef lvs_wrr_state *st = <lvs_wrr_state *>svc.sched_data
     cdef uint64_t signature = lvs_wrr_signature(svc)
+    if svc.sched_data == NULL:   # an earlier init failed: start afresh
+        return lvs_wrr_init(svc)
     if signature == st.signature:
         return 0
     st.signature = signature
@@ -99,6 +101,8 @@ cdef int lvs_wrr_schedule(lvs_service *svc, const lvs_pkt_info *pkt, double now)
     cdef int64_t last, stop = -2, position, i
     cdef bint last_pass = False, restarted = False
     cdef const lvs_dest *d
+    if svc.sched_data == NULL:   # init_service failed: no state, no dest
+        return -1
     if st.mw == 0:
         return -1
     if st.cl >= n:

@@ -176,12 +176,13 @@ def markdown(report: dict) -> str:
     conntab = report.get("conntab", {}).get("sizes")
     if conntab:
         lines += ["", "## Connection table (bench/test_bench_conntab.py)", "",
-                  "| core | entries | bytes/entry | insert ns | lookup ns | expire ns |",
-                  "|---|---|---|---|---|---|"]
+                  "| core | entries | bytes/entry | insert ns | lookup ns | expire ns | longest expire() ms |",
+                  "|---|---|---|---|---|---|---|"]
         for impl, sizes in conntab.items():
             for size, m in sorted(sizes.items(), key=lambda item: int(item[0])):
                 lines.append(f"| {impl} | {int(size):,} | {m.get('bytes_per_entry')} | "
-                             f"{m.get('insert_ns')} | {m.get('lookup_ns')} | {m.get('expire_ns')} |")
+                             f"{m.get('insert_ns')} | {m.get('lookup_ns')} | {m.get('expire_ns')} | "
+                             f"{m.get('expire_longest_call_ms', '–')} |")
     unavailable = [c for c in report["candidates"].values() if not c["available"]]
     if unavailable:
         lines += ["", "## Not available in this run", ""]

@@ -89,7 +89,9 @@ DEST_F_AVAILABLE = 0x0001
 DEST_F_OVERLOAD = 0x0002
 
 DEFAULT_SCHEDULER = "wlc"
-DEFAULT_PERSISTENT_TIMEOUT = 300  # seconds, IPVS_SVC_PERSISTENT_TIMEOUT
+# The kernel's IPVS_SVC_PERSISTENT_TIMEOUT.  ipvsadm does not use it: Debian's ipvsadm 1.31 sends 360
+# for a bare `-p` (measured on the oracle; control/ipvsadm.py has that value).
+DEFAULT_PERSISTENT_TIMEOUT = 300
 DEFAULT_NETMASK_V4 = 0xFFFFFFFF
 DEFAULT_NETMASK_V6 = 128
 
@@ -233,7 +235,7 @@ class MarkRule:
     """Which packets carry firewall mark N for fwmark services (`ipvsadm -A -f N`).
 
     Kernel IPVS reads marks set by iptables/nftables; a user-space director cannot see them, so
-    users state the match here instead (`lvsuser mark`, or a `-M` line in the rules file).  A packet
+    users state the match here instead (`lvsuser mark`, or a `--mark` line in the rules file).  A packet
     matches when every given field matches: protocol (0 = any), destination network, destination
     port range (0-65535 = any), source network (None = any).  Rules are tried in insertion order.
     """

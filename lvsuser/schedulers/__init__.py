@@ -51,7 +51,7 @@ import importlib.util
 import inspect
 import pathlib
 import sys
-from typing import Iterable, Optional
+from typing import Iterable
 
 from lvsuser import model
 from lvsuser.schedulers.base import SCHEDNAME_MAXLEN, PacketInfo, Scheduler

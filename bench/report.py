@@ -207,22 +207,31 @@ def plot(report: dict, path: str) -> None:
               ("udp_newflows_pps", "64-byte UDP, new flows (pkt/s)"),
               ("tcp_conn_per_s", "TCP connections/s"),
               ("http_p50_us", "request latency p50 (µs)")]
-    cands = [c for c in report["candidates"].values() if c["runs"]]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.45 * max(4, len(cands))
-                                                       + 1.5))
-    for ax, (metric, title) in zip(axes, panels):
-        labels = [c["label"] for c in cands]
-        values = [c["medians"].get(metric) or 0 for c in cands]
-        colors = ["#888888" if c["baseline"] else "#3070b0" for c in cands]
-        ax.barh(range(len(cands)), values, color=colors)
-        for i, cand in enumerate(cands):
-            runs = cand["runs"].get(metric, [])
-            ax.plot(runs, [i] * len(runs), "k.", markersize=3)  # every round, to show spread
-        ax.set_yticks(range(len(cands)))
-        ax.set_yticklabels(labels if ax is axes[0] else [""] * len(cands), fontsize=8)
-        ax.invert_yaxis()
-        ax.set_title(title, fontsize=9)
-        ax.tick_params(axis="x", labelsize=7)
+    everything = list(report["candidates"].values())  # all of them: a missing bar says "n/a"
+    # Host and guest on separate rows: the emulated guest is ~10x slower, one scale would hide it.
+    groups = [g for g in ([c for c in everything if not c.get("guest")],
+                          [c for c in everything if c.get("guest")]) if g]
+    heights = [max(4, len(g)) for g in groups]
+    fig, rows = plt.subplots(len(groups), len(panels), squeeze=False,
+                             gridspec_kw={"height_ratios": heights},
+                             figsize=(4.2 * len(panels), 0.45 * sum(heights) + 1.5))
+    for cands, axes in zip(groups, rows):
+        for ax, (metric, title) in zip(axes, panels):
+            values = [c["medians"].get(metric) or 0 for c in cands]
+            colors = ["#888888" if c["baseline"] else "#3070b0" for c in cands]
+            ax.barh(range(len(cands)), values, color=colors)
+            for i, cand in enumerate(cands):
+                runs = cand["runs"].get(metric, [])
+                ax.plot(runs, [i] * len(runs), "k.", markersize=3)  # each round: the spread
+                if not runs:
+                    ax.text(0, i, " n/a" if cand["available"] else " not available",
+                            va="center", fontsize=7, color="#aa3333")
+            ax.set_yticks(range(len(cands)))
+            ax.set_yticklabels([c["label"] for c in cands] if ax is axes[0] else [""] * len(cands),
+                               fontsize=8)
+            ax.invert_yaxis()
+            ax.set_title(title, fontsize=9)
+            ax.tick_params(axis="x", labelsize=7)
     fig.suptitle(f"lvsuser benchmark, {report['meta']['mode']} mode, {report['meta']['date']} "
                  "(grey: baselines; dots: each round)", fontsize=9)
     fig.tight_layout()

@@ -124,7 +124,9 @@ class UserspaceBackend(TableBackend):
     # --- interfaces and drivers -------------------------------------------------------------
     @staticmethod
     def _pick_interfaces(links: dict, names: Optional[list[str]]) -> dict[int, dict]:
-        """ifindex -> link info of the interfaces to serve: every Ethernet-like one, or the named ones."""
+        """ifindex -> link info of the interfaces to serve: the named ones, or by default every
+        Ethernet-like interface that carries addresses itself -- a bridge, not its ports, whose
+        frames for us reach the bridge device anyway (and would otherwise be seen twice)."""
         if names:
             by_name = {info["name"]: (idx, info) for idx, info in links.items()}
             chosen = {}
@@ -135,7 +137,7 @@ class UserspaceBackend(TableBackend):
                 chosen[idx] = info
             return chosen
         chosen = {idx: info for idx, info in links.items()
-                  if info["ethernet"] and not info["loopback"]}
+                  if info["ethernet"] and not info["loopback"] and not info["master"]}
         if not chosen:
             raise BackendUnavailable("this namespace has no interface to serve besides loopback.")
         return chosen

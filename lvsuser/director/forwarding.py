@@ -100,6 +100,7 @@ class Resolver:
                 "loopback": bool(flags & 0x8),
                 "kind": _link_kind(link),
                 "ethernet": link.get("ifi_type") == ARPHRD_ETHER,
+                "master": link.get("IFLA_MASTER") or 0,  # enslaved to a bridge or bond
             }
         return out
 

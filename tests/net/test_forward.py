@@ -455,3 +455,23 @@ def test_interface_added_after_start(topo, tmp_path, sock_path, lvsuser_ready):
         assert 'device "eth1"' in guard and "saddr 198.18.1.11" in guard, guard
     finally:
         assert director.stop() == 0, director.log()
+
+
+def test_dr_director_on_a_bridge(topo, tmp_path, sock_path, lvsuser_ready):
+    """The director's address lives on a bridge in its own namespace: the bridge is served,
+    not its port (which would show every frame a second time)."""
+    cl, dr, rs = build_segment(topo, "dr", local_vip=False)
+    # move the director's address from eth0 onto a bridge br0 with eth0 as its port
+    topo.run(dr, ["ip", "addr", "flush", "dev", "eth0"], check=True)
+    topo.bridge(dr, "br0", ["eth0"])
+    topo.addr(dr, "br0", "198.18.2.1/24")
+    topo.addr(dr, "br0", f"{VIP_SEG}/32")
+    director = Director(topo, dr, sock_path)
+    director.start()
+    try:
+        _segment_services(director, "-g")
+        exercise(topo, tmp_path, director, cl, dr, rs, VIP_SEG, "198.18.2.2", ["br0"], set())
+        guard = topo.run(dr, ["nft", "list", "ruleset"]).stdout
+        assert 'device "br0"' in guard and 'device "eth0"' not in guard, guard
+    finally:
+        assert director.stop() == 0, director.log()

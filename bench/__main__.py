@@ -9,6 +9,7 @@ them to bench/latest/, the committed copy the README points at.
 from __future__ import annotations
 
 import argparse
+import json
 import datetime
 import os
 import platform
@@ -49,6 +50,9 @@ def parse_args(argv):
                         help="kernel IPVS inside the QEMU guest (default: yes in full mode)")
     parser.add_argument("--profile", choices=("yes", "no"), default=None,
                         help="perf profile of lvsuser NAT (default: yes in full mode)")
+    parser.add_argument("--micro", choices=("yes", "no"), default=None,
+                        help="run the core microbenchmarks first, 10^7 entries included, so the "
+                             "report has them (default: yes in full mode)")
     parser.add_argument("--out", help="write the reports here instead of bench/results/<time>")
     parser.add_argument("--publish", action="store_true",
                         help="also copy the reports to bench/latest/ (the committed copy)")
@@ -63,6 +67,17 @@ def _git_commit() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
+
+
+def _run_microbenchmarks() -> None:
+    """The connection-table and rewrite microbenchmarks; they leave their summaries in
+    bench/results/ for the report. A failure is reported by pytest and does not stop the run."""
+    env = dict(os.environ, LVSUSER_BENCH_HUGE="1")
+    print("[bench] microbenchmarks: bench/test_bench_conntab.py bench/test_bench_rewrite.py",
+          file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                    "bench/test_bench_conntab.py", "bench/test_bench_rewrite.py"],
+                   cwd=REPO, env=env, timeout=1800, stdout=subprocess.DEVNULL)
 
 
 def main(argv=None) -> int:
@@ -98,6 +113,7 @@ def main(argv=None) -> int:
         candidates = [c for c in candidates if c.name in wanted]
     use_guest = (args.guest or ("yes" if args.mode == "full" else "no")) == "yes"
     use_profile = (args.profile or ("yes" if args.mode == "full" else "no")) == "yes"
+    use_micro = (args.micro or ("yes" if args.mode == "full" else "no")) == "yes"
 
     stamp = datetime.datetime.now(datetime.timezone.utc)
     out_dir = args.out or os.path.join(HERE, "results", stamp.strftime("%Y%m%dT%H%M%SZ"))
@@ -110,6 +126,8 @@ def main(argv=None) -> int:
         },
         "candidates": {}, "profiles": {},
     }
+    if use_micro:
+        _run_microbenchmarks()
     workdir = tempfile.mkdtemp(prefix="lvsbench-")
     try:
         try:
@@ -134,11 +152,15 @@ def main(argv=None) -> int:
             report_data["candidates"].update(guest_part["candidates"])
             report_data["guest_baselines"] = guest_part["baselines"]
             report_data["guest"] = guest_part["meta"]
-        conntab = os.path.join(HERE, "results", "conntab.json")
-        if os.path.exists(conntab):
-            import json
-            with open(conntab) as f:
-                report_data["conntab"] = json.load(f)
+        for key in ("conntab", "rewrite"):  # written by the microbenchmarks
+            summary = os.path.join(HERE, "results", f"{key}.json")
+            if os.path.exists(summary):
+                with open(summary) as f:
+                    report_data[key] = json.load(f)
+                measured = datetime.datetime.fromtimestamp(os.path.getmtime(summary),
+                                                           datetime.timezone.utc)
+                report_data.setdefault("micro_measured", {})[key] = measured.strftime(
+                    "%Y-%m-%d %H:%M UTC")
         paths = report.write(report_data, out_dir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -175,7 +175,9 @@ def markdown(report: dict) -> str:
             lines.append(f"  - what limits it: {verdict['limit']}")
     conntab = report.get("conntab", {}).get("sizes")
     if conntab:
+        when = report.get("micro_measured", {}).get("conntab", "?")
         lines += ["", "## Connection table (bench/test_bench_conntab.py)", "",
+                  f"Measured {when}; resident bytes per entry include the hash heads.", "",
                   "| core | entries | bytes/entry | insert ns | lookup ns | expire ns | longest expire() ms |",
                   "|---|---|---|---|---|---|---|"]
         for impl, sizes in conntab.items():
@@ -183,6 +185,14 @@ def markdown(report: dict) -> str:
                 lines.append(f"| {impl} | {int(size):,} | {m.get('bytes_per_entry')} | "
                              f"{m.get('insert_ns')} | {m.get('lookup_ns')} | {m.get('expire_ns')} | "
                              f"{m.get('expire_longest_call_ms', '–')} |")
+    rewrite = report.get("rewrite")
+    if rewrite:
+        when = report.get("micro_measured", {}).get("rewrite", "?")
+        lines += ["", "## Per-packet cost in the core (bench/test_bench_rewrite.py)", "",
+                  "One packet of an established UDP connection through `Core.process` "
+                  f"(median ns, including the Python call; measured {when}):", "",
+                  "| packet | ns |", "|---|---|"]
+        lines += [f"| {name} | {ns:,.0f} |" for name, ns in sorted(rewrite.items())]
     unavailable = [c for c in report["candidates"].values() if not c["available"]]
     if unavailable:
         lines += ["", "## Not available in this run", ""]

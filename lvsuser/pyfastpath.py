@@ -584,7 +584,12 @@ class Core:
             return None, "no_scheduler"
         info = PktInfo(pkt.af, pkt.proto, _addr(pkt.af, pkt.saddr), pkt.sport,
                        _addr(pkt.af, pkt.daddr), pkt.dport)
-        dest = state.scheduler.schedule(info, now)
+        try:
+            dest = state.scheduler.schedule(info, now)
+        except Exception:  # a broken plugin costs its service new connections, not the datapath
+            dest = None
+        if dest is not None and not any(dest is d for d in state.svc.dests):
+            dest = None  # not one of this service's dests
         return dest, None if dest is not None else "no_dest"
 
     def _schedule(self, state: _ServiceState, pkt: _Packet, buf, ifindex, now):
@@ -1076,8 +1081,9 @@ class Core:
         return (REPLY, out, ifindex)
 
     # ---------------------------------------------------------------- time, listings, stats
-    def expire(self, now: float) -> int:
-        """Expire every connection whose time is up; run the rate estimator; return how many."""
+    def expire(self, now: float, budget: Optional[int] = None) -> int:
+        """Expire every connection whose time is up; run the rate estimator; return how many.
+        (`budget` bounds the compiled core's sweep; this reference always sweeps everything.)"""
         gone = self._sweep(now)
         self._estimate(now)
         return gone
@@ -1159,6 +1165,10 @@ class Core:
     @staticmethod
     def tcp_state_table() -> tuple:
         return TCP_STATES
+
+    def process_batch(self, frames, now: float) -> list:
+        """[(frame, ifindex), ...] -> [(verdict, out_frame, out_ifindex), ...], as the C entry."""
+        return [self.process(frame, ifindex, now) for frame, ifindex in frames]
 
     def conn_count(self) -> int:
         return len(self._conn_in) + len(self._templates)

@@ -630,11 +630,21 @@ cdef class Core:
         finally:
             free(buf)
 
-    def expire(self, double now, unsigned int budget=0):
-        """Expire what is due (all slots, or `budget` slots from the sweep cursor); run the
-        rate estimator.  Returns how many connections were expired."""
+    def expire(self, double now, budget=None):
+        """Expire what is due and run the rate estimator; returns how many connections went.
+
+        The sweep visits `budget` table slots from where the last one stopped (default 2**18,
+        about a millisecond, so a driver can call this every 250 ms on a 10**7-entry table
+        without a stall); budget=0 visits every slot.  Lookups expire stale entries on their
+        own, so a partial sweep never serves a dead connection."""
         cdef uint64_t before
-        cdef uint32_t slots = budget if budget else self.c.conns.capacity
+        cdef uint32_t slots
+        if budget is None:
+            slots = 1 << 18
+        elif budget == 0:
+            slots = self.c.conns.capacity
+        else:
+            slots = budget
         with nogil:
             pthread_mutex_lock(&self.c.lock)
             before = self.c.counters[C_CONN_EXPIRED]
@@ -744,6 +754,52 @@ cdef class Core:
 
     def counters(self):
         return {name: self.c.counters[i] for i, name in enumerate(COUNTER_NAMES)}
+
+    def process_batch(self, frames, double now):
+        """[(frame, ifindex), ...] -> [(verdict, out_frame or None, out_ifindex), ...] through
+        lvs_core_batch, the drivers' nogil entry (for tests and benchmarks)."""
+        cdef int n = len(frames), i
+        cdef uint32_t headroom = 128, slot = 0, size
+        cdef lvs_frame *batch
+        cdef uint8_t *arena
+        cdef bytes data
+        for frame, _ in frames:
+            size = headroom + len(frame) + LVS_SCRATCH
+            if size > slot:
+                slot = size
+        batch = <lvs_frame *>calloc(n + 1, sizeof(lvs_frame))
+        arena = <uint8_t *>malloc(<size_t>slot * (n + 1))
+        if batch == NULL or arena == NULL:
+            free(batch)
+            free(arena)
+            raise MemoryError()
+        try:
+            for i in range(n):
+                data = bytes(frames[i][0])
+                memcpy(arena + <size_t>i * slot + headroom, <const char *>data, len(data))
+                batch[i].data = arena + <size_t>i * slot + headroom
+                batch[i].len = len(data)
+                batch[i].headroom = headroom
+                batch[i].tailroom = slot - headroom - len(data)
+                batch[i].ifindex = frames[i][1]
+            with nogil:
+                lvs_core_batch(self.c, batch, n, now)
+            out = []
+            for i in range(n):
+                if batch[i].verdict == LVS_TX or batch[i].verdict == LVS_REPLY:
+                    out.append((batch[i].verdict, (<char *>batch[i].data)[:batch[i].len],
+                                batch[i].out_ifindex))
+                else:
+                    out.append((batch[i].verdict, None, 0))
+            return out
+        finally:
+            free(batch)
+            free(arena)
+
+    @staticmethod
+    def conn_entry_size():
+        """Bytes per connection-table entry (the layout is in conntab.pxi)."""
+        return sizeof(lvs_conn)
 
     def conn_count(self):
         return self.c.conns.count

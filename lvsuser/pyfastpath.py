@@ -84,6 +84,8 @@ COUNTER_NAMES = (
     "fwd_in",
     "fwd_out",
     "no_room",             # C core only: a driver's frame slot has no room for the result
+    "icmp_ratelimited",    # an ICMP error not sent: over the kernel's global ICMP rate
+    "one_packet",          # UDP with -o (one-packet scheduling): connection dropped after use
 )
 
 # TCP states (IP_VS_TCP_S_*) and their names in listings.
@@ -143,6 +145,7 @@ ICMP_DEFAULT_TTL = 64  # net.ipv4.ip_default_ttl / IPv6 hop limit for our own IC
 ICMP4_QUOTE_MAX = 576 - 20 - 8  # icmp_send: room in a 576-byte datagram
 ICMP6_QUOTE_MAX = 1280 - 40 - 8  # icmp6_send: the IPv6 minimum MTU
 EST_INTERVAL = 2.0  # ip_vs_est: rates are sampled every 2 seconds
+ICMP_PER_SEC, ICMP_BURST, ICMP_REFILL_MS = 1000, 50, 20  # net.ipv4.icmp_msgs_per_sec/_burst, HZ/50
 
 
 @dataclasses.dataclass(frozen=True)
@@ -395,6 +398,8 @@ class Core:
         self._tcp_timeouts = tcp_timeouts(model.Timeouts())
         self._udp_timeout = model.Timeouts().udp
         self._next_est = None
+        self._icmp_credit = ICMP_BURST
+        self._icmp_stamp = 0
         self.generation = 0
 
     # ---------------------------------------------------------------- configuration
@@ -540,7 +545,12 @@ class Core:
             if not isinstance(result, _Conn):
                 return result
             conn = result
-        return self._forward_in(pkt, conn, ifindex, now, csum_partial)
+        verdict = self._forward_in(pkt, conn, ifindex, now, csum_partial)
+        if state.svc.flags & model.SVC_F_ONEPACKET and pkt.proto == model.IPPROTO_UDP:
+            # -o: the connection serves this one datagram (IP_VS_CONN_F_ONE_PACKET)
+            self._counters["one_packet"] += 1
+            self._expire_conn(conn, now)
+        return verdict
 
     # ---------------------------------------------------------------- lookups
     def _mark_of(self, pkt: _Packet) -> int:
@@ -606,7 +616,7 @@ class Core:
             else:
                 dest, why = self._pick(state, pkt, now)
                 if dest is None:
-                    return self._leave(why, pkt, buf, ifindex)
+                    return self._leave(why, pkt, buf, ifindex, now)
                 if dest.addr.packed not in self._routes:
                     raise _Reject("no_route")
                 self._make_room(now)
@@ -621,7 +631,7 @@ class Core:
         else:
             dest, why = self._pick(state, pkt, now)
             if dest is None:
-                return self._leave(why, pkt, buf, ifindex)
+                return self._leave(why, pkt, buf, ifindex, now)
             dport = dest.port or pkt.dport
         if dest.addr.packed not in self._routes:
             raise _Reject("no_route")
@@ -659,15 +669,14 @@ class Core:
             return (pkt.proto, pkt.af, snet, pkt.daddr, pkt.dport)
         return (pkt.proto, pkt.af, snet, pkt.daddr, 0)
 
-    def _leave(self, why: str, pkt: _Packet, buf, ifindex):
+    def _leave(self, why: str, pkt: _Packet, buf, ifindex, now: float):
         """ip_vs_leave: no real server -> ICMP port unreachable to the client, drop."""
         self._counters[why] += 1
         if why == "no_scheduler":
             return (DROP, None, 0)
         if pkt.af == model.AF_INET:
-            return self._icmp_error(pkt, ifindex, 3, 3, 0)
-        else:
-            return self._icmp_error(pkt, ifindex, 1, 4, 0)
+            return self._icmp_error(pkt, ifindex, 3, 3, 0, now)
+        return self._icmp_error(pkt, ifindex, 1, 4, 0, now)
 
     def _new_conn(self, state, dest, proto, af, caddr, cport, vaddr, vport, dport, flags,
                   ifindex, buf, now) -> _Conn:
@@ -795,8 +804,8 @@ class Core:
         if buf[pkt.hl_off] <= 1:
             self._counters["ttl_exceeded"] += 1
             if pkt.af == model.AF_INET:
-                return self._icmp_error(pkt, ifindex, 11, 0, 0)
-            return self._icmp_error(pkt, ifindex, 3, 0, 0)
+                return self._icmp_error(pkt, ifindex, 11, 0, 0, now)
+            return self._icmp_error(pkt, ifindex, 3, 0, 0, now)
         self._dec_ttl(pkt)
         mtu = route.mtu
         if conn.fwd == model.Forward.TUNNEL:
@@ -807,8 +816,8 @@ class Core:
                 raise _Reject("needs_fragmentation")
             self._counters["frag_needed"] += 1
             if pkt.af == model.AF_INET:
-                return self._icmp_error(pkt, ifindex, 3, 4, mtu)
-            return self._icmp_error(pkt, ifindex, 2, 0, max(mtu, 1280))
+                return self._icmp_error(pkt, ifindex, 3, 4, mtu, now)
+            return self._icmp_error(pkt, ifindex, 2, 0, max(mtu, 1280), now)
         self._counters["fwd_in"] += 1
         if conn.fwd == model.Forward.MASQ:
             self._nat_rewrite(pkt, conn.daddr, conn.dport, dst=True, csum_partial=csum_partial)
@@ -909,8 +918,28 @@ class Core:
         return bytes(buf)
 
     # ---------------------------------------------------------------- ICMP
-    def _icmp_error(self, pkt: _Packet, ifindex: int, icmp_type: int, code: int, info: int):
+    def _icmp_allowed(self, pkt: _Packet, icmp_type: int, code: int, now: float) -> bool:
+        """icmp_global_allow: 1000 errors/s, burst 50, shared by IPv4 and IPv6; fragmentation
+        needed and packet too big are never limited (PMTU discovery must work)."""
+        if (pkt.af == model.AF_INET and icmp_type == 3 and code == 4) or \
+                (pkt.af == model.AF_INET6 and icmp_type == 2):
+            return True
+        now_ms = int(now * 1000) & 0xFFFFFFFF
+        delta = (now_ms - self._icmp_stamp) & 0xFFFFFFFF
+        if delta >= ICMP_REFILL_MS:
+            self._icmp_credit = min(ICMP_BURST, self._icmp_credit + delta * ICMP_PER_SEC // 1000)
+            self._icmp_stamp = now_ms
+        if self._icmp_credit <= 0:
+            self._counters["icmp_ratelimited"] += 1
+            return False
+        self._icmp_credit -= 1
+        return True
+
+    def _icmp_error(self, pkt: _Packet, ifindex: int, icmp_type: int, code: int, info: int,
+                    now: float = 0.0):
         """icmp_send / icmp6_send from the VIP back to the client, quoting the packet."""
+        if not self._icmp_allowed(pkt, icmp_type, code, now):
+            return (DROP, None, 0)
         buf = pkt.buf
         original = bytes(buf[pkt.l3:pkt.ip_end])
         if pkt.af == model.AF_INET:

@@ -35,6 +35,9 @@ cdef enum:
     ICMP_TTL = 64
     SWEEP_PER_FRAME = 4             # table slots the sweeper visits per frame
     SWEEP_WHEN_FULL = 4096          # ... and once more when the table is full
+    ICMP_PER_SEC = 1000             # net.ipv4.icmp_msgs_per_sec
+    ICMP_BURST = 50                 # net.ipv4.icmp_msgs_burst
+    ICMP_REFILL_MS = 20             # the kernel refills at most every HZ/50
 
 
 # One frame between a driver and the core; the same layout as io.pxi's lvs_io_frame, so a
@@ -124,6 +127,8 @@ cdef struct lvs_core:
     uint16_t *peer_slots
     uint32_t num_peers
     double epoch
+    int32_t icmp_credit         # icmp_global_allow's token bucket
+    uint32_t icmp_stamp
     uint64_t counters[C_NUM_COUNTERS]
     PyObject *owner             # the Core object (borrowed), for Python scheduler plugins
 

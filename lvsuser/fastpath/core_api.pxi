@@ -59,7 +59,7 @@ cdef int32_t lvs_pick(lvs_core *core, uint32_t svc_idx, lvs_pkt *p, double now,
     return d
 
 
-cdef int lvs_leave(lvs_core *core, lvs_frame *f, lvs_pkt *p, int why) noexcept nogil:
+cdef int lvs_leave(lvs_core *core, lvs_frame *f, lvs_pkt *p, int why, double now) noexcept nogil:
     """ip_vs_leave: no real server -> ICMP port unreachable to the client, drop."""
     core.counters[why] += 1
     if why == C_NO_SCHEDULER:
@@ -67,8 +67,8 @@ cdef int lvs_leave(lvs_core *core, lvs_frame *f, lvs_pkt *p, int why) noexcept n
         f.out_ifindex = 0
         return LVS_DROP
     if p.af == AF_INET_:
-        return lvs_icmp_error(core, f, p, 3, 3, 0)
-    return lvs_icmp_error(core, f, p, 1, 4, 0)
+        return lvs_icmp_error(core, f, p, 3, 3, 0, now)
+    return lvs_icmp_error(core, f, p, 1, 4, 0, now)
 
 
 cdef int lvs_schedule(lvs_core *core, lvs_frame *f, lvs_pkt *p, uint32_t svc_idx, double now,
@@ -112,7 +112,7 @@ cdef int lvs_schedule(lvs_core *core, lvs_frame *f, lvs_pkt *p, uint32_t svc_idx
         else:
             d = lvs_pick(core, svc_idx, p, now, &why)
             if d < 0:
-                return lvs_leave(core, f, p, why)
+                return lvs_leave(core, f, p, why, now)
             if not t.ext[svc_idx].dests[d].has_route:
                 return lvs_drop(core, f, C_NO_ROUTE)
             tport = lvs_ntohs(svc.dests[d].port) if (p.dport == lvs_ntohs(svc.port) and svc.port) else 0
@@ -126,7 +126,7 @@ cdef int lvs_schedule(lvs_core *core, lvs_frame *f, lvs_pkt *p, uint32_t svc_idx
     else:
         d = lvs_pick(core, svc_idx, p, now, &why)
         if d < 0:
-            return lvs_leave(core, f, p, why)
+            return lvs_leave(core, f, p, why, now)
         dport = lvs_ntohs(svc.dests[d].port) if svc.dests[d].port else p.dport
     if not t.ext[svc_idx].dests[d].has_route:
         return lvs_drop(core, f, C_NO_ROUTE)
@@ -239,7 +239,12 @@ cdef int lvs_process_frame(lvs_core *core, lvs_frame *f, double now, bint csum_p
         rc = lvs_schedule(core, f, &p, <uint32_t>svc_idx, now, &idx)
         if idx == 0:
             return rc
-    return lvs_forward_in(core, f, &p, idx, now, csum_partial)
+    rc = lvs_forward_in(core, f, &p, idx, now, csum_partial)
+    if t.services[svc_idx].flags & LVS_SVC_F_ONEPACKET and p.proto == PROTO_UDP_:
+        # -o: the connection serves this one datagram (IP_VS_CONN_F_ONE_PACKET)
+        core.counters[C_ONE_PACKET] += 1
+        lvs_conn_expire(core, idx, now_ms)
+    return rc
 
 
 cdef int lvs_core_batch(lvs_core *core, lvs_frame *frames, int count, double now) noexcept nogil:
@@ -328,6 +333,7 @@ cdef class Core:
             raise MemoryError()
         pthread_mutex_init(&self.c.lock, NULL)
         self.c.owner = <PyObject *>self
+        self.c.icmp_credit = ICMP_BURST
         self.c.peers = <lvs_peer *>calloc(LVS_MAX_PEERS + 1, sizeof(lvs_peer))
         self.c.peer_slots = <uint16_t *>calloc(LVS_PEER_SLOTS, sizeof(uint16_t))
         if (self.c.peers == NULL or self.c.peer_slots == NULL

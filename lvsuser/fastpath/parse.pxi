@@ -41,6 +41,8 @@ cdef enum:
     C_FWD_IN
     C_FWD_OUT
     C_NO_ROOM               # C core only: the frame slot has no room for the result
+    C_ICMP_RATELIMITED
+    C_ONE_PACKET
     C_NUM_COUNTERS
 
 cdef enum:

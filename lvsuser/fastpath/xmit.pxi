@@ -91,14 +91,39 @@ cdef void lvs_nat_rewrite(lvs_pkt *p, const uint8_t *new_addr, uint16_t new_port
     lvs_put16(d + c_off, check)
 
 
+cdef bint lvs_icmp_allowed(lvs_core *core, const lvs_pkt *p, uint8_t icmp_type, uint8_t code,
+                           double now) noexcept nogil:
+    """icmp_global_allow: 1000 errors/s, burst 50, shared by IPv4 and IPv6; fragmentation
+    needed and packet too big are never limited (PMTU discovery must work)."""
+    cdef uint32_t now_ms, delta
+    cdef int64_t credit
+    if (p.af == AF_INET_ and icmp_type == 3 and code == 4) or (p.af == AF_INET6_ and icmp_type == 2):
+        return True
+    now_ms = lvs_ms(core, now)
+    delta = now_ms - core.icmp_stamp
+    if delta >= ICMP_REFILL_MS:
+        credit = core.icmp_credit + <int64_t>delta * ICMP_PER_SEC // 1000
+        core.icmp_credit = <int32_t>(ICMP_BURST if credit > ICMP_BURST else credit)
+        core.icmp_stamp = now_ms
+    if core.icmp_credit <= 0:
+        core.counters[C_ICMP_RATELIMITED] += 1
+        return False
+    core.icmp_credit -= 1
+    return True
+
+
 cdef int lvs_icmp_error(lvs_core *core, lvs_frame *f, lvs_pkt *p, uint8_t icmp_type, uint8_t code,
-                        uint32_t info) noexcept nogil:
+                        uint32_t info, double now) noexcept nogil:
     """icmp_send / icmp6_send from the VIP back to the client, quoting the packet: REPLY."""
     cdef uint8_t out[LVS_SCRATCH]
     cdef uint8_t *d = p.d
     cdef uint32_t n = 0, quote, ip_off, body_off, body_len
     cdef const uint8_t *mac
     cdef uint8_t is_v6 = p.af == AF_INET6_
+    if not lvs_icmp_allowed(core, p, icmp_type, code, now):
+        f.verdict = LVS_DROP
+        f.out_ifindex = 0
+        return LVS_DROP
     if core.tables.l2:
         memcpy(out, d + 6, 6)
         mac = lvs_local_mac(core.tables, f.ifindex)
@@ -219,8 +244,8 @@ cdef int lvs_forward_in(lvs_core *core, lvs_frame *f, lvs_pkt *p, uint32_t idx, 
     if p.d[p.hl_off] <= 1:
         core.counters[C_TTL_EXCEEDED] += 1
         if p.af == AF_INET_:
-            return lvs_icmp_error(core, f, p, 11, 0, 0)
-        return lvs_icmp_error(core, f, p, 3, 0, 0)
+            return lvs_icmp_error(core, f, p, 11, 0, 0, now)
+        return lvs_icmp_error(core, f, p, 3, 0, 0, now)
     lvs_dec_ttl(p)
     mtu = dest.mtu
     if fwd == LVS_FWD_TUNNEL:
@@ -230,8 +255,8 @@ cdef int lvs_forward_in(lvs_core *core, lvs_frame *f, lvs_pkt *p, uint32_t idx, 
             return lvs_drop(core, f, C_NEEDS_FRAGMENTATION)
         core.counters[C_FRAG_NEEDED] += 1
         if p.af == AF_INET_:
-            return lvs_icmp_error(core, f, p, 3, 4, <uint32_t>mtu)
-        return lvs_icmp_error(core, f, p, 2, 0, <uint32_t>(mtu if mtu > 1280 else 1280))
+            return lvs_icmp_error(core, f, p, 3, 4, <uint32_t>mtu, now)
+        return lvs_icmp_error(core, f, p, 2, 0, <uint32_t>(mtu if mtu > 1280 else 1280), now)
     core.counters[C_FWD_IN] += 1
     if fwd == LVS_FWD_MASQ:
         lvs_nat_rewrite(p, dest.addr, c.dport, True, csum_partial)

@@ -148,3 +148,32 @@ def test_bad_config_raises_and_keeps_the_running_one(core_cls, mutate):
 
 def test_config_defaults_validate():
     CoreConfig().validate()
+
+
+@pytest.mark.parametrize("core_cls", CORES, ids=CORE_IDS)
+def test_icmp_errors_are_rate_limited_like_the_kernel(core_cls):
+    """icmp_global_allow: a burst of 50, then 1 per ms; PMTU messages are never limited."""
+    core = new_core(core_cls, make_config([make_service(protocol=model.IPPROTO_UDP)], mtu=576))
+    a = ADDRS[V4]
+    dying = raw(Ether(src=CLIENT_MAC, dst=DIR_CLIENT_MAC) / IP(src=a["client"], dst=a["vip"], ttl=1)
+                / UDP(sport=7, dport=80))
+    verdicts = [core.process(dying, IF_CLIENT, 100.0)[0] for _ in range(60)]
+    assert verdicts == [REPLY] * 50 + [DROP] * 10
+    assert core.counters()["icmp_ratelimited"] == 10
+    big = raw(Ether(src=CLIENT_MAC, dst=DIR_CLIENT_MAC) / IP(src=a["client"], dst=a["vip"], flags="DF")
+              / UDP(sport=8, dport=80) / (b"b" * 1000))
+    assert all(core.process(big, IF_CLIENT, 100.0)[0] == REPLY for _ in range(60))
+    assert core.process(dying, IF_CLIENT, 100.030)[0] == REPLY  # refilled after 30 ms
+
+
+@pytest.mark.parametrize("core_cls", CORES, ids=CORE_IDS)
+def test_one_packet_scheduling_keeps_no_connection(core_cls):
+    svc = make_service(protocol=model.IPPROTO_UDP, ndests=2,
+                       flags=model.SVC_F_HASHED | model.SVC_F_ONEPACKET)
+    core = new_core(core_cls, make_config([svc]))
+    for _ in range(3):
+        assert core.process(udp_frame(53), IF_CLIENT, 1.0)[0] == TX
+    assert core.connections(1.0) == []
+    assert core.counters()["one_packet"] == 3
+    stats = core.services()[0]
+    assert stats.stats.conns == 3 and stats.dests[0].inactconns == 0

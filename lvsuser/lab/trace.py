@@ -331,8 +331,13 @@ def render_hops(title: str, hops: list, namer: Namer) -> list[str]:
 
 def render_request(frames: list[Frame], client_port: int, namer: Namer) -> list[str]:
     forward, backward = frames_of_request(frames, client_port)
-    return (render_hops("SYN (client -> VIP):", forward, namer)
-            + render_hops("SYN-ACK (answer to the client):", backward, namer))
+    lines = (render_hops("SYN (client -> VIP):", forward, namer)
+             + render_hops("SYN-ACK (answer to the client):", backward, namer))
+    if backward and all(frame.host != "director" for frame, _ in backward):
+        sender = backward[0][0].host
+        lines.append(f"        (the answer skips the director: {sender} sends it straight to the "
+                     f"client, from the VIP)")
+    return lines
 
 
 def arp_exchanges(frames: list[Frame], target: str, namer: Namer,

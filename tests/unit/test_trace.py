@@ -55,6 +55,7 @@ def test_nat_path_shows_destination_then_source_rewrite():
     assert "NAT: source rewritten 198.18.137.53:8080 -> 198.19.10.3:80 (back to the VIP)" in text
     assert "02:00:00:00:03:00 (rs1)" in text
     assert "40313" not in text
+    assert "skips the director" not in text
     forward, backward = trace.frames_of_request(nat_frames(), CLIENT_PORT)
     assert [(f.host, f.ifname, f.direction) for f, _ in forward] == [
         ("client", "eth0", "out"), ("director", "eth0", "in"), ("director", "eth1", "out"),
@@ -79,7 +80,8 @@ def test_dr_path_shows_same_ip_header_with_the_real_servers_mac():
     assert "NAT:" not in text and "TUN:" not in text
     # the answer goes from rs2 straight to the client: the director is not on the way back
     back = text.split("SYN-ACK")[1]
-    assert "director" not in back.replace("(director)", "")
+    assert "director:" not in back
+    assert "the answer skips the director: rs2 sends it straight to the client" in back
 
 
 def test_tun_path_shows_outer_header_and_decapsulation():

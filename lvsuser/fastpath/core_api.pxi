@@ -87,8 +87,12 @@ cdef int lvs_schedule(lvs_core *core, lvs_frame *f, lvs_pkt *p, uint32_t svc_idx
     cdef uint32_t i
     cdef uint16_t peer = 0
     cdef const uint8_t *mac
+    cdef uint8_t no_mac[6]
     if t.l2:
         peer = lvs_peer_get(core, f.ifindex, f.data + 6, f.data)
+    else:
+        memset(no_mac, 0, 6)     # L3 (TUN device): the reverse path is the interface alone
+        peer = lvs_peer_get(core, f.ifindex, no_mac, no_mac)
     if svc.flags & LVS_SVC_F_PERSISTENT:
         memset(snet, 0, 16)
         memset(tvaddr, 0, 16)

@@ -319,6 +319,28 @@ def case_l3_mode():
     return make_config([svc], mode=MODE_L3), [(inp, 9, False, TX, exp, IF_SERVERS)]
 
 
+def case_l3_mode_reply(af):
+    """TUN-device mode, NAT: the reply leaves by the device the connection came in on."""
+    svc = make_service(af=af, fwd=NAT, rs_port=8080)
+    steps = [(ip_only(from_client(af, TCP_P)), 9, False, TX,
+              ip_only(to_server(af, TCP_P, NAT, dport=8080)), IF_SERVERS),
+             (ip_only(reply_from_server(af, TCP_P, sport=8080, payload=b"ok")), 9, False, TX,
+              ip_only(reply_to_client(af, TCP_P, payload=b"ok")), 9)]
+    return make_config([svc], mode=MODE_L3), steps
+
+
+def case_port_zero_persistent():
+    """-p on port 0: one real server per client for every port; dest port 0 keeps the port."""
+    svc = make_service(fwd=NAT, port=0, rs_port=0, ndests=2, timeout=300,
+                       flags=model.SVC_F_HASHED | model.SVC_F_PERSISTENT)
+    return make_config([svc]), [
+        (from_client(V4, TCP_P, dport=8081), IF_CLIENT, False, TX,
+         to_server(V4, TCP_P, NAT, dport=8081), IF_SERVERS),
+        (from_client(V4, TCP_P, dport=9091, sport=40001), IF_CLIENT, False, TX,
+         to_server(V4, TCP_P, NAT, dport=9091, sport=40001), IF_SERVERS),
+    ]
+
+
 def case_not_ours_and_malformed():
     svc = make_service(fwd=NAT)
     a = ADDRS[V4]
@@ -374,6 +396,9 @@ CASES["vlan"] = (case_vlan, ())
 CASES["ip-options"] = (case_ip_options, ())
 CASES["ipv6-ext-headers"] = (case_ipv6_ext_headers, ())
 CASES["l3-mode"] = (case_l3_mode, ())
+CASES["l3-mode-reply-v4"] = (case_l3_mode_reply, (V4,))
+CASES["l3-mode-reply-v6"] = (case_l3_mode_reply, (V6,))
+CASES["port-zero-persistent"] = (case_port_zero_persistent, ())
 CASES["not-ours-and-malformed"] = (case_not_ours_and_malformed, ())
 CASES["ipv6-fragment-to-vip"] = (case_ipv6_fragment_to_vip, ())
 

@@ -94,7 +94,9 @@ class CoreConfig:
                 raise ValueError(f"service {svc.key} is listed twice")
             seen.add(svc.key)
             if not svc.fwmark:
-                if svc.protocol not in (model.IPPROTO_TCP, model.IPPROTO_UDP):
+                # SCTP services are accepted (ipvsadm can add them), but the cores forward only
+                # TCP and UDP: SCTP packets are not matched to them.
+                if svc.protocol not in (model.IPPROTO_TCP, model.IPPROTO_UDP, model.IPPROTO_SCTP):
                     raise ValueError(f"service {svc.key}: protocol {svc.protocol} not supported")
                 if svc.addr is None or model.af_of(svc.addr) != svc.af:
                     raise ValueError(f"service {svc.key}: address does not match family")

@@ -686,15 +686,25 @@ cdef class Core:
     # ---------------------------------------------------------------- listings
     def connections(self, now=None):
         """Rows as /proc/net/ip_vs_conn has them (Backend.get_connections)."""
-        cdef lvs_conntab *ct = &self.c.conns
-        cdef lvs_conn *c
-        cdef uint32_t i, now_ms = 0
-        cdef uint8_t alen
-        cdef lvs_dest *d
+        cdef uint32_t now_ms = 0
         rows = []
         templates = []
         if now is not None:
             now_ms = lvs_ms(self.c, now)
+        with nogil:   # a publish must not re-map entries under our feet
+            pthread_mutex_lock(&self.c.lock)
+        try:
+            self._collect_connections(now, now_ms, rows, templates)
+        finally:
+            pthread_mutex_unlock(&self.c.lock)
+        return templates + rows
+
+    cdef _collect_connections(self, now, uint32_t now_ms, list rows, list templates):
+        cdef lvs_conntab *ct = &self.c.conns
+        cdef lvs_conn *c
+        cdef uint32_t i
+        cdef uint8_t alen
+        cdef lvs_dest *d
         for i in range(1, ct.high_water + 1):
             c = &ct.entries[i]
             if not (c.flags & LVS_CONN_USED):
@@ -718,10 +728,17 @@ cdef class Core:
                        daddr=_pyfastpath._addr(af, (<char *>d.addr)[:alen]), dport=c.dport,
                        state=state, expires=left, pe_name="", pe_data="")
             (templates if c.flags & LVS_CONN_TEMPLATE else rows).append(row)
-        return templates + rows
 
     def services(self):
         """Copies of the published services with live counts, counters and rates."""
+        with nogil:
+            pthread_mutex_lock(&self.c.lock)
+        try:
+            return self._collect_services()
+        finally:
+            pthread_mutex_unlock(&self.c.lock)
+
+    cdef list _collect_services(self):
         cdef lvs_tables *t = self.c.tables
         cdef uint32_t i, j
         cdef lvs_service *s

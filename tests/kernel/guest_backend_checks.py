@@ -59,7 +59,8 @@ CASES = [
       "--set 100 20 30"],
      lambda b: (b.add_service(WEB),
                 b.add_dest(WEB.key, dest("198.18.1.1", 80, Forward.MASQ, weight=3)),
-                b.add_dest(WEB.key, dest("198.18.1.2", 8080, weight=0, u_threshold=100,
+                # ipvsadm gives DR/TUN dests the service's port (ipvsadm.c), so 8080 -> 80
+                b.add_dest(WEB.key, dest("198.18.1.2", 80, weight=0, u_threshold=100,
                                          l_threshold=10)),
                 b.add_dest(WEB.key, dest("198.18.1.3", 80, Forward.TUNNEL, tun_type=TunType.GUE,
                                          tun_port=6080, tun_flags=model.TUN_FLAG_REMCSUM)),

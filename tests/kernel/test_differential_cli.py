@@ -1,0 +1,49 @@
+"""Differential suite: every ipvsadm scenario through the real ipvsadm on kernel IPVS and through
+`lvsuser ipvsadm` against `lvsuser run --backend userspace`, both in the same guest (one boot).
+
+Any difference fails, naming the first divergent command; lvsuser's deliberate differences are the
+ones tests/unit/test_ipvsadm_refs.py documents (tests/kernel/differential.py reuses them).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+
+import pytest
+
+from tests.kernel import differential
+from tests.kernel.conftest import REPO
+
+CACHE_KEY = "lvsuser/kernel/differential_cli_run"
+
+
+@pytest.fixture(scope="module")
+def userspace_run(request, guest):
+    if os.environ.get("LVSUSER_KERNEL_REUSE") == "1":
+        cached = request.config.cache.get(CACHE_KEY, None)
+        if cached is not None:
+            return cached
+    scenarios = " ".join(shlex.quote(n) for n in differential.scenario_names())
+    script = (f"cd {REPO} && export PYTHONPATH={REPO}\n"
+              f"exec python3 tests/kernel/guest_differential.py --backend userspace {scenarios}\n")
+    result = guest.run(script, timeout=1500)
+    assert result.rc == 0, f"guest run failed ({result.rc}):\n{result.stderr[-4000:]}"
+    run = json.loads(result.stdout)
+    request.config.cache.set(CACHE_KEY, run)
+    return run
+
+
+def test_director_ran_and_stopped_cleanly(userspace_run):
+    assert userspace_run["backend"] == "userspace"
+    assert userspace_run["director_rc"] == 0, userspace_run["director_log"]
+    stdout, stderr, rc = userspace_run["console_ipvsadm"]
+    assert (rc, stderr) == (0, "")
+    assert stdout.startswith("IP Virtual Server version 1.2.1 (size=4096)\n")
+
+
+@pytest.mark.parametrize("name", differential.scenario_names())
+def test_userspace_outputs_match_kernel_ipvsadm(userspace_run, name):
+    scenario = userspace_run["scenarios"][name]
+    divergence = differential.first_output_divergence(name, scenario)
+    assert divergence is None, divergence

@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 
 IO_AFPACKET = "afpacket"
 IO_TUN = "tun"
+# How the AF_PACKET driver transmits: "ring" (TPACKET_V2 TX ring, zero-copy from the ring pages)
+# or "mmsg" (sendmmsg straight from the batch; the kernel copies into a linear skb).  Veth peers
+# in another namespace must copy ring pages anyway, so "mmsg" can be the cheaper one there.
+AFPACKET_TX_ENV = "LVSUSER_AFPACKET_TX"
 
 
 def _load_core():
@@ -151,9 +155,10 @@ class UserspaceBackend(TableBackend):
     def _start_afpacket(self, links: dict) -> None:
         ports = [(idx, info["mtu"]) for idx, info in sorted(self.interfaces.items())]
         try:
-            driver = self._fastpath.AfPacketDriver(self.core, ports, self._core_lock)
-        except OSError as exc:
-            raise BackendUnavailable(f"cannot open AF_PACKET rings: {exc.strerror or exc}.") from exc
+            driver = self._fastpath.AfPacketDriver(self.core, ports, self._core_lock,
+                                                   os.environ.get(AFPACKET_TX_ENV, "ring"))
+        except (OSError, ValueError) as exc:
+            raise BackendUnavailable(f"cannot open AF_PACKET rings: {getattr(exc, 'strerror', None) or exc}.") from exc
         self._start_thread(driver, "lvsuser-afpacket")
         self._served_ports = ports
 

@@ -23,7 +23,7 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.string cimport memcpy, memset
 from libc.stdlib cimport malloc, free, calloc
-from libc.errno cimport errno, EAGAIN, EINTR, ENOBUFS
+from libc.errno cimport errno, EAGAIN, EINTR, ENOBUFS, ENOMEM
 import logging
 import os
 import threading

@@ -18,9 +18,27 @@
 from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
 
 
+cdef extern from "<sys/uio.h>" nogil:
+    struct iovec:
+        void *iov_base
+        size_t iov_len
+
+
 cdef extern from "<sys/socket.h>" nogil:
     struct sockaddr:
         unsigned short sa_family
+    struct msghdr:
+        void *msg_name
+        unsigned int msg_namelen
+        iovec *msg_iov
+        size_t msg_iovlen
+        void *msg_control
+        size_t msg_controllen
+        int msg_flags
+    struct mmsghdr:
+        msghdr msg_hdr
+        unsigned int msg_len
+    int sendmmsg(int sockfd, mmsghdr *msgvec, unsigned int vlen, int flags)
     int socket(int domain, int type, int protocol)
     int setsockopt(int sockfd, int level, int optname, const void *optval, unsigned int optlen)
     int getsockopt(int sockfd, int level, int optname, void *optval, unsigned int *optlen)
@@ -132,6 +150,11 @@ cdef struct afp_port:
     uint32_t tx_frame_size
     uint32_t tx_next
     uint32_t tx_pending         # frames queued since the last kick
+    # tx_use_ring == 0: frames go out with one sendmmsg() per batch, straight from the arena
+    int tx_use_ring
+    mmsghdr *mmsg
+    iovec *iov
+    uint32_t mmsg_count
 
 
 cdef int afp_open_port(afp_port *p) noexcept nogil:
@@ -175,32 +198,39 @@ cdef int afp_open_port(afp_port *p) noexcept nogil:
     p.tx_fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0)
     if p.tx_fd < 0:
         return errno
-    version = TPACKET_V2
-    if setsockopt(p.tx_fd, SOL_PACKET, PACKET_VERSION, &version, sizeof(version)) < 0:
-        return errno
     if setsockopt(p.tx_fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof(one)) < 0:
         return errno
-    # a slot holds the TPACKET2 header, then an MTU frame plus an encapsulation header
-    p.tx_frame_size = 2048
-    while p.tx_frame_size < <uint32_t>TPACKET_ALIGN(sizeof(tpacket2_hdr)) + p.mtu + ETH_HLEN_ + 64:
-        p.tx_frame_size <<= 1
-    memset(&req, 0, sizeof(req))
-    req.tp_frame_size = p.tx_frame_size
-    req.tp_block_size = p.tx_frame_size * 16 if p.tx_frame_size * 16 >= 65536 else 65536
-    req.tp_frame_nr = TX_FRAME_NR
-    req.tp_block_nr = TX_FRAME_NR / (req.tp_block_size / p.tx_frame_size)
-    if req.tp_block_nr == 0:
-        req.tp_block_nr = 1
-    req.tp_frame_nr = req.tp_block_nr * (req.tp_block_size / p.tx_frame_size)
-    if setsockopt(p.tx_fd, SOL_PACKET, PACKET_TX_RING, &req, sizeof(req)) < 0:
-        return errno
-    p.tx_ring_size = <size_t>req.tp_block_size * req.tp_block_nr
-    ring = mmap(NULL, p.tx_ring_size, PROT_READ | PROT_WRITE, MAP_SHARED, p.tx_fd, 0)
-    if ring == MAP_FAILED:
-        return errno
-    p.tx_ring = <uint8_t *>ring
-    p.tx_next = 0
-    p.tx_pending = 0
+    if not p.tx_use_ring:
+        p.mmsg = <mmsghdr *>calloc(IO_BATCH, sizeof(mmsghdr))
+        p.iov = <iovec *>calloc(IO_BATCH, sizeof(iovec))
+        if p.mmsg == NULL or p.iov == NULL:
+            return ENOMEM
+        p.mmsg_count = 0
+    else:
+        version = TPACKET_V2
+        if setsockopt(p.tx_fd, SOL_PACKET, PACKET_VERSION, &version, sizeof(version)) < 0:
+            return errno
+        # a slot holds the TPACKET2 header, then an MTU frame plus an encapsulation header
+        p.tx_frame_size = 2048
+        while p.tx_frame_size < <uint32_t>TPACKET_ALIGN(sizeof(tpacket2_hdr)) + p.mtu + ETH_HLEN_ + 64:
+            p.tx_frame_size <<= 1
+        memset(&req, 0, sizeof(req))
+        req.tp_frame_size = p.tx_frame_size
+        req.tp_block_size = p.tx_frame_size * 16 if p.tx_frame_size * 16 >= 65536 else 65536
+        req.tp_frame_nr = TX_FRAME_NR
+        req.tp_block_nr = TX_FRAME_NR / (req.tp_block_size / p.tx_frame_size)
+        if req.tp_block_nr == 0:
+            req.tp_block_nr = 1
+        req.tp_frame_nr = req.tp_block_nr * (req.tp_block_size / p.tx_frame_size)
+        if setsockopt(p.tx_fd, SOL_PACKET, PACKET_TX_RING, &req, sizeof(req)) < 0:
+            return errno
+        p.tx_ring_size = <size_t>req.tp_block_size * req.tp_block_nr
+        ring = mmap(NULL, p.tx_ring_size, PROT_READ | PROT_WRITE, MAP_SHARED, p.tx_fd, 0)
+        if ring == MAP_FAILED:
+            return errno
+        p.tx_ring = <uint8_t *>ring
+        p.tx_next = 0
+        p.tx_pending = 0
     memset(&sll, 0, sizeof(sll))
     sll.sll_family = AF_PACKET
     sll.sll_protocol = 0
@@ -223,6 +253,10 @@ cdef void afp_close_port(afp_port *p) noexcept nogil:
     if p.tx_fd >= 0:
         close(p.tx_fd)
         p.tx_fd = -1
+    free(p.mmsg)
+    p.mmsg = NULL
+    free(p.iov)
+    p.iov = NULL
 
 
 cdef void afp_clear_error(afp_port *p, lvs_io_counters *ctr) noexcept nogil:
@@ -238,7 +272,42 @@ cdef inline uint32_t afp_tx_slots(afp_port *p) noexcept nogil:
     return <uint32_t>(p.tx_ring_size / p.tx_frame_size)
 
 
+cdef void afp_mmsg_flush(afp_port *p, lvs_io_counters *ctr) noexcept nogil:
+    """Send what afp_mmsg_queue collected: one sendmmsg() (more only if the kernel stops early)."""
+    cdef uint32_t done = 0
+    cdef int sent
+    while done < p.mmsg_count:
+        sent = sendmmsg(p.tx_fd, p.mmsg + done, p.mmsg_count - done, MSG_DONTWAIT)
+        if sent <= 0:
+            if sent < 0 and errno != EAGAIN and errno != ENOBUFS:
+                ctr.tx_errors += 1
+            ctr.drop_tx_full += p.mmsg_count - done
+            break
+        done += <uint32_t>sent
+    ctr.tx_frames += done
+    p.mmsg_count = 0
+
+
+cdef inline void afp_mmsg_queue(afp_port *p, uint8_t *data, uint32_t len,
+                                lvs_io_counters *ctr) noexcept nogil:
+    """Point the next message at the frame in the arena: no copy until the kernel's own."""
+    cdef uint32_t k = p.mmsg_count
+    if k >= IO_BATCH:
+        afp_mmsg_flush(p, ctr)
+        k = 0
+    p.iov[k].iov_base = data
+    p.iov[k].iov_len = len
+    memset(&p.mmsg[k], 0, sizeof(mmsghdr))
+    p.mmsg[k].msg_hdr.msg_iov = &p.iov[k]
+    p.mmsg[k].msg_hdr.msg_iovlen = 1
+    p.mmsg_count = k + 1
+    ctr.tx_bytes += len
+
+
 cdef void afp_kick(afp_port *p, lvs_io_counters *ctr) noexcept nogil:
+    if not p.tx_use_ring:
+        afp_mmsg_flush(p, ctr)
+        return
     if p.tx_pending == 0:
         return
     if send(p.tx_fd, NULL, 0, MSG_DONTWAIT) < 0 and errno != EAGAIN and errno != ENOBUFS:
@@ -294,12 +363,15 @@ cdef class AfPacketDriver:
         self.stop_fd = -1
         memset(&self.ctr, 0, sizeof(self.ctr))
 
-    def __init__(self, core, interfaces, core_lock=None):
-        """interfaces: [(ifindex, mtu), ...]; core_lock: held around calls into a Python core."""
+    def __init__(self, core, interfaces, core_lock=None, str tx="ring"):
+        """interfaces: [(ifindex, mtu), ...]; core_lock: held around calls into a Python core;
+        tx: "ring" (TPACKET_V2 TX ring) or "mmsg" (sendmmsg straight from the batch)."""
         cdef int i, err
         cdef uint32_t max_mtu = 1500
         if len(interfaces) == 0:
             raise ValueError("no interfaces to serve")
+        if tx not in ("ring", "mmsg"):
+            raise ValueError(f"tx must be 'ring' or 'mmsg', not {tx!r}")
         if len(interfaces) > IO_MAX_IFS:
             raise ValueError(f"at most {IO_MAX_IFS} interfaces per driver")
         self.core = core
@@ -315,6 +387,7 @@ cdef class AfPacketDriver:
             self.ports[i].tx_fd = -1
             self.ports[i].ifindex = int(ifindex)
             self.ports[i].mtu = int(mtu)
+            self.ports[i].tx_use_ring = 1 if tx == "ring" else 0
             self.nports += 1
             if <uint32_t>int(mtu) > max_mtu:
                 max_mtu = int(mtu)
@@ -410,7 +483,10 @@ cdef class AfPacketDriver:
             if p == NULL:
                 self.ctr.drop_tx_no_ring += 1
                 continue
-            afp_queue(p, f.data, f.len, &self.ctr)
+            if p.tx_use_ring:
+                afp_queue(p, f.data, f.len, &self.ctr)
+            else:
+                afp_mmsg_queue(p, f.data, f.len, &self.ctr)
         for i in range(self.nports):
             afp_kick(&self.ports[i], &self.ctr)
         self.arena.count = 0

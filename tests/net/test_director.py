@@ -157,7 +157,8 @@ class _MiniRouter:
         return (2, dst_mac + src_mac + frame[12:], oif)
 
 
-def test_afpacket_driver_forwards_tso_and_partial_checksums(topo):
+@pytest.mark.parametrize("tx", ["ring", "mmsg"])
+def test_afpacket_driver_forwards_tso_and_partial_checksums(topo, tx):
     """veth hands the ring TSO super-frames with partial checksums; the driver must cut them at
     the MTU and complete the checksums, or the receiver drops everything."""
     from lvsuser import _fastpath
@@ -184,7 +185,7 @@ def test_afpacket_driver_forwards_tso_and_partial_checksums(topo):
         ib = ipr.link_lookup(ifname="eb")[0]
     core = _MiniRouter({bytes([198, 18, 9, 2]): (ib, mac(d, "eb"), mac(b, "eth0")),
                         bytes([198, 18, 8, 2]): (ia, mac(d, "ea"), mac(a, "eth0"))})
-    driver = topo.call_in(d, _fastpath.AfPacketDriver, core, [(ia, 1500), (ib, 1500)])
+    driver = topo.call_in(d, _fastpath.AfPacketDriver, core, [(ia, 1500), (ib, 1500)], None, tx)
     runner = threading.Thread(target=driver.run, daemon=True)
     runner.start()
     try:

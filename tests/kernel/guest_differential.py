@@ -2,7 +2,8 @@
 lvsuser's ipvsadm (talking to `lvsuser run --backend BACKEND` over its control socket), and prints
 one JSON document with every command's output on both sides and the kernel table each side left.
 
-    python3 tests/kernel/guest_differential.py --backend ipvs|userspace [--deviate] SCENARIO...
+    python3 tests/kernel/guest_differential.py --backend ipvs|userspace [--deviate] [--netns NS]
+                                               SCENARIO...
 
 --deviate adds one deliberate deviation (the first `-a` gets weight + 1 on the lvsuser side) so the
 host-side test can show that a difference is caught and named.
@@ -50,10 +51,11 @@ def deviate(args):
     return args
 
 
-def start_director(backend: str, control: str):
+def start_director(backend: str, control: str, netns: str | None):
     env = dict(os.environ, PYTHONPATH=REPO, LVSUSER_CONTROL=control)
     log = open(control + ".log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "lvsuser", "run", "--backend", backend,
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    proc = subprocess.Popen([*prefix, sys.executable, "-m", "lvsuser", "run", "--backend", backend,
                              "--control", control], env=env, stdout=log, stderr=log,
                             cwd=REPO, start_new_session=True)
     deadline = time.monotonic() + START_TIMEOUT
@@ -71,6 +73,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--backend", required=True, choices=["ipvs", "userspace"])
     parser.add_argument("--deviate", action="store_true")
+    parser.add_argument("--netns", help="run the director in this network namespace (the "
+                        "userspace backend needs an interface to serve)")
     parser.add_argument("scenarios", nargs="+")
     args = parser.parse_args()
     scenarios = capture.load_scenarios(args.scenarios)
@@ -79,7 +83,7 @@ def main() -> int:
     os.makedirs(control_dir, exist_ok=True)
     control = os.path.join(control_dir, "control.sock")
     os.environ["LVSUSER_CONTROL"] = control
-    director, log = start_director(args.backend, control)
+    director, log = start_director(args.backend, control, args.netns)
     result = {"backend": args.backend, "scenarios": {}}
     try:
         # The console script itself, once: proves `lvsuser ipvsadm` reaches the director.

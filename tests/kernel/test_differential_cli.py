@@ -25,8 +25,15 @@ def userspace_run(request, guest):
         if cached is not None:
             return cached
     scenarios = " ".join(shlex.quote(n) for n in differential.scenario_names())
+    # The userspace director needs an Ethernet interface to serve: a veth pair in a namespace of
+    # the guest's own (the guest is a VM with no network; these addresses never leave it).
     script = (f"cd {REPO} && export PYTHONPATH={REPO}\n"
-              f"exec python3 tests/kernel/guest_differential.py --backend userspace {scenarios}\n")
+              "ip netns add lvd && ip -n lvd link set lo up\n"
+              "ip -n lvd link add lvd0 type veth peer name lvd1 || exit 20\n"
+              "ip -n lvd link set lvd0 up && ip -n lvd link set lvd1 up\n"
+              "ip -n lvd addr add 198.18.5.1/24 dev lvd0\n"
+              "exec python3 tests/kernel/guest_differential.py --backend userspace --netns lvd "
+              f"{scenarios}\n")
     result = guest.run(script, timeout=1500)
     assert result.rc == 0, f"guest run failed ({result.rc}):\n{result.stderr[-4000:]}"
     run = json.loads(result.stdout)

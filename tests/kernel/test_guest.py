@@ -3,6 +3,7 @@ its timeout."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -61,9 +62,9 @@ def test_cpio_writer_round_trips_through_cpio_tool(tmp_path):
     writer.file("odd", b"x" * 5)
     archive = tmp_path / "a.cpio"
     archive.write_bytes(writer.finish())
+    if shutil.which("cpio") is None:
+        pytest.skip("the cpio tool is missing (only this cross-check needs it)")
     listing = subprocess.run(["cpio", "-t", "-v", "-F", str(archive)], capture_output=True, text=True)
-    if listing.returncode != 0 and "not found" in listing.stderr:
-        pytest.skip("cpio tool missing")
     assert [line.split()[-1] for line in listing.stdout.splitlines()] == ["d", "d/hello", "odd"]
     out = tmp_path / "out"
     out.mkdir()

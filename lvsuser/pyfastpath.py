@@ -86,6 +86,7 @@ COUNTER_NAMES = (
     "no_room",             # C core only: a driver's frame slot has no room for the result
     "icmp_ratelimited",    # an ICMP error not sent: over the kernel's global ICMP rate
     "one_packet",          # UDP with -o (one-packet scheduling): connection dropped after use
+    "local_node",          # to a local-node dest: handed to the director's own stack (PASS)
 )
 
 # TCP states (IP_VS_TCP_S_*) and their names in listings.
@@ -145,6 +146,7 @@ ICMP_DEFAULT_TTL = 64  # net.ipv4.ip_default_ttl / IPv6 hop limit for our own IC
 ICMP4_QUOTE_MAX = 576 - 20 - 8  # icmp_send: room in a 576-byte datagram
 ICMP6_QUOTE_MAX = 1280 - 40 - 8  # icmp6_send: the IPv6 minimum MTU
 EST_INTERVAL = 2.0  # ip_vs_est: rates are sampled every 2 seconds
+FTP_PORT = 21  # ip_vs_sched_persist keys FTP templates without the port
 ICMP_PER_SEC, ICMP_BURST, ICMP_REFILL_MS = 1000, 50, 20  # net.ipv4.icmp_msgs_per_sec/_burst, HZ/50
 
 
@@ -617,10 +619,10 @@ class Core:
                 dest, why = self._pick(state, pkt, now)
                 if dest is None:
                     return self._leave(why, pkt, buf, ifindex, now)
-                if dest.addr.packed not in self._routes:
+                if not self._has_route(dest):
                     raise _Reject("no_route")
                 self._make_room(now)
-                tport = dest.port if (pkt.dport == svc.port and svc.port) else 0
+                tport = dest.port if (pkt.dport == svc.port and svc.port != FTP_PORT) else 0
                 template = self._new_conn(state, dest, tkey[0], pkt.af, tkey[2], 0, tkey[3], tkey[4],
                                           tport, CONN_F_TEMPLATE, ifindex, buf, now)
                 template.tkey = tkey
@@ -633,7 +635,7 @@ class Core:
             if dest is None:
                 return self._leave(why, pkt, buf, ifindex, now)
             dport = dest.port or pkt.dport
-        if dest.addr.packed not in self._routes:
+        if not self._has_route(dest):
             raise _Reject("no_route")
         self._make_room(now)
         conn = self._new_conn(state, dest, pkt.proto, pkt.af, pkt.saddr, pkt.sport, pkt.daddr,
@@ -665,7 +667,7 @@ class Core:
         if svc.fwmark:
             vaddr = struct.pack("!I", svc.fwmark) + b"\0" * (len(pkt.daddr) - 4)
             return (0, pkt.af, snet, vaddr, 0)
-        if pkt.dport == svc.port:
+        if pkt.dport == svc.port and svc.port != FTP_PORT:  # FTP: one template for control and data
             return (pkt.proto, pkt.af, snet, pkt.daddr, pkt.dport)
         return (pkt.proto, pkt.af, snet, pkt.daddr, 0)
 
@@ -784,11 +786,15 @@ class Core:
         conn.timeout = self._tcp_timeouts[new_state]
 
     # ---------------------------------------------------------------- forwarding
+    def _has_route(self, dest: model.Dest) -> bool:
+        """Local-node dests need none: their packets go to the director's own stack."""
+        return dest.fwd == model.Forward.LOCALNODE or dest.addr.packed in self._routes
+
     def _forward_in(self, pkt: _Packet, conn: _Conn, ifindex: int, now: float, csum_partial: bool):
         buf = pkt.buf
         dest = conn.dest
         route = self._routes.get(conn.daddr)
-        if route is None:
+        if route is None and conn.fwd != model.Forward.LOCALNODE:
             raise _Reject("no_route")
         state = self._services.get(conn.svc)
         ip_len = pkt.ip_end - pkt.l3
@@ -800,6 +806,9 @@ class Core:
             dest.stats.inbytes += ip_len
         self._set_state(conn, pkt, DIR_INPUT)
         conn.expires = now + conn.timeout
+        if conn.fwd == model.Forward.LOCALNODE:
+            self._counters["local_node"] += 1  # ip_vs_null_xmit: the local stack takes it
+            return (PASS, None, 0)
         # __ip_vs_get_out_rt: decrement_ttl first (ICMP time exceeded from the VIP), then the MTU.
         if buf[pkt.hl_off] <= 1:
             self._counters["ttl_exceeded"] += 1
@@ -1032,6 +1041,9 @@ class Core:
     def _icmp_in(self, pkt: _Packet, inner: _Packet, conn: _Conn, ifindex: int):
         """An error about our reply, from the client side: hand it to the real server."""
         buf = pkt.buf
+        if conn.fwd == model.Forward.LOCALNODE:
+            self._counters["local_node"] += 1
+            return (PASS, None, 0)
         route = self._routes.get(conn.daddr)
         if route is None:
             raise _Reject("no_route")

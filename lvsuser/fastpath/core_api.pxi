@@ -105,7 +105,8 @@ cdef int lvs_schedule(lvs_core *core, lvs_frame *f, lvs_pkt *p, uint32_t svc_idx
         else:
             tproto = p.proto
             memcpy(tvaddr, p.d + p.daddr_off, p.alen)
-            tvport = p.dport if p.dport == lvs_ntohs(svc.port) else 0
+            # FTP (port 21): one template for control and data connections, keyed without port
+            tvport = p.dport if (p.dport == lvs_ntohs(svc.port) and p.dport != 21) else 0
         tidx = lvs_conn_in_find(&core.conns, tproto, LVS_CONN_TEMPLATE, snet, 0, tvaddr, tvport, p.alen)
         if tidx and lvs_time_after_eq(now_ms, core.conns.entries[tidx].expires) \
                 and core.conns.entries[tidx].control == 0:
@@ -119,7 +120,8 @@ cdef int lvs_schedule(lvs_core *core, lvs_frame *f, lvs_pkt *p, uint32_t svc_idx
                 return lvs_leave(core, f, p, why, now)
             if not t.ext[svc_idx].dests[d].has_route:
                 return lvs_drop(core, f, C_NO_ROUTE)
-            tport = lvs_ntohs(svc.dests[d].port) if (p.dport == lvs_ntohs(svc.port) and svc.port) else 0
+            tport = lvs_ntohs(svc.dests[d].port) \
+                if (p.dport == lvs_ntohs(svc.port) and p.dport != 21) else 0
             tidx = lvs_conn_new(core, svc_idx, <uint32_t>d, tproto, p.alen, snet, 0, tvaddr, tvport,
                                 tport, LVS_CONN_TEMPLATE, peer, now_ms)
             if tidx == 0:
@@ -425,6 +427,8 @@ cdef class Core:
                     d.tun_flags = dest.tun_flags
                     d.tun_port = lvs_htons(dest.tun_port)
                     route = routes.get(dest.addr.packed)
+                    if int(dest.fwd) == LVS_FWD_LOCALNODE:
+                        x.has_route = 1         # the director's own stack: no route needed
                     if route is not None:
                         x.has_route = 1
                         d.ifindex = route.ifindex

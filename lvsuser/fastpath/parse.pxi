@@ -43,6 +43,7 @@ cdef enum:
     C_NO_ROOM               # C core only: the frame slot has no room for the result
     C_ICMP_RATELIMITED
     C_ONE_PACKET
+    C_LOCAL_NODE
     C_NUM_COUNTERS
 
 cdef enum:

@@ -241,6 +241,8 @@ cdef int lvs_forward_in(lvs_core *core, lvs_frame *f, lvs_pkt *p, uint32_t idx, 
     dest.inbytes += ip_len
     lvs_set_state(core, c, p.tcp_flags, 0)
     c.expires = now_ms + lvs_conn_timeout_ms(core, c)
+    if fwd == LVS_FWD_LOCALNODE:
+        return lvs_pass(core, f, C_LOCAL_NODE)     # ip_vs_null_xmit: the local stack takes it
     if p.d[p.hl_off] <= 1:
         core.counters[C_TTL_EXCEEDED] += 1
         if p.af == AF_INET_:
@@ -356,6 +358,8 @@ cdef int lvs_icmp(lvs_core *core, lvs_frame *f, lvs_pkt *p, double now) noexcept
         c = &t.entries[idx]
         dest = lvs_conn_dest(core, c)
         ext = &core.tables.ext[c.svc].dests[c.dest]
+        if ((c.flags >> LVS_CONN_FWD_SHIFT) & 7) == LVS_FWD_LOCALNODE:
+            return lvs_pass(core, f, C_LOCAL_NODE)
         if not ext.has_route:
             return lvs_drop(core, f, C_NO_ROUTE)
         if d[p.hl_off] <= 1:

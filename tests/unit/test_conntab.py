@@ -272,3 +272,13 @@ def test_tcp_table_is_the_kernels(core_cls):
     assert table[2][pyfastpath.S_NONE] == pyfastpath.S_CLOSE            # INPUT ack in NONE
     assert table[8][pyfastpath.S_NONE] == pyfastpath.S_SYN_RECV         # INPUT-ONLY syn
     assert table[4 + 1][pyfastpath.S_ESTABLISHED] == pyfastpath.S_FIN_WAIT  # OUTPUT fin
+
+
+def test_local_node_dest_goes_to_the_directors_stack(core_cls):
+    svc = make_service(fwd=model.Forward.LOCALNODE, protocol=UDP_P)
+    cfg = make_config([svc])
+    cfg.routes.clear()                      # a local dest needs no route
+    core = new_core(core_cls, cfg)
+    assert core.process(client_pkt(proto=UDP_P), IF_CLIENT, 0.0) == (PASS, None, 0)
+    assert core.counters()["local_node"] == 1
+    assert only_conn(core, 0.0)["state"] == "UDP"

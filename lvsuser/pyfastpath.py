@@ -227,8 +227,10 @@ class _Reject(Exception):
     """Internal: a frame is dropped for the counter named in args[0]."""
 
 
-def _parse_ip(buf: bytearray, l3: int, af_hint: int, check_csum: bool = True) -> _Packet:
-    """Parse the IP header at l3 (and L4 ports when present); raise _Reject(counter)."""
+def _parse_ip(buf: bytearray, l3: int, af_hint: int, check_csum: bool = True,
+              quoted: bool = False) -> _Packet:
+    """Parse the IP header at l3 (and L4 ports when present); raise _Reject(counter).
+    `quoted`: a packet quoted in an ICMP error, usually cut short -- its length is clipped."""
     pkt = _Packet(buf, l3)
     avail = len(buf) - l3
     if avail < 1:
@@ -244,7 +246,9 @@ def _parse_ip(buf: bytearray, l3: int, af_hint: int, check_csum: bool = True) ->
         if ihl < 20 or total < ihl:
             raise _Reject("ip_bad_header")
         if total > avail:
-            raise _Reject("ip_truncated")
+            if not quoted:
+                raise _Reject("ip_truncated")
+            total = avail
         if check_csum and csum_bytes(bytes(buf[l3:l3 + ihl])) != 0xFFFF:
             raise _Reject("ip_bad_checksum")
         pkt.af = model.AF_INET
@@ -263,7 +267,9 @@ def _parse_ip(buf: bytearray, l3: int, af_hint: int, check_csum: bool = True) ->
             raise _Reject("ip_bad_version")
         payload = (buf[l3 + 4] << 8) | buf[l3 + 5]
         if 40 + payload > avail:
-            raise _Reject("ip_truncated")
+            if not quoted:
+                raise _Reject("ip_truncated")
+            payload = avail - 40
         pkt.af = model.AF_INET6
         pkt.ip_end = l3 + 40 + payload
         pkt.saddr = bytes(buf[l3 + 8:l3 + 24])
@@ -988,7 +994,7 @@ class Core:
             self._counters["pass_not_service"] += 1
             return (PASS, None, 0)
         try:
-            inner = _parse_ip(buf, pkt.l4 + 8, pkt.af, check_csum=False)
+            inner = _parse_ip(buf, pkt.l4 + 8, pkt.af, check_csum=False, quoted=True)
         except _Reject:
             inner = None
         if inner is None or inner.fragment or inner.proto not in (model.IPPROTO_TCP, model.IPPROTO_UDP):

@@ -87,8 +87,9 @@ cdef struct lvs_pkt:
 
 
 cdef int lvs_parse_ip(lvs_pkt *p, uint8_t *d, uint32_t l3, uint32_t avail_end, uint8_t af_hint,
-                      bint check_csum) noexcept nogil:
-    """Parse the IP header at d+l3 (bytes up to avail_end are readable). 0, or -(C_* + 1)."""
+                      bint check_csum, bint quoted=False) noexcept nogil:
+    """Parse the IP header at d+l3 (bytes up to avail_end are readable). 0, or -(C_* + 1).
+    `quoted`: a packet quoted in an ICMP error, usually cut short -- its length is clipped."""
     cdef uint32_t avail, ihl, total, payload, off, i, need
     cdef uint8_t version, nexthdr
     p.d = d
@@ -112,7 +113,9 @@ cdef int lvs_parse_ip(lvs_pkt *p, uint8_t *d, uint32_t l3, uint32_t avail_end, u
         if ihl < 20 or total < ihl:
             return -(C_IP_BAD_HEADER + 1)
         if total > avail:
-            return -(C_IP_TRUNCATED + 1)
+            if not quoted:
+                return -(C_IP_TRUNCATED + 1)
+            total = avail
         if check_csum and lvs_csum_add(0, d + l3, ihl) != 0xFFFF:
             return -(C_IP_BAD_CHECKSUM + 1)
         p.af = AF_INET_
@@ -131,7 +134,9 @@ cdef int lvs_parse_ip(lvs_pkt *p, uint8_t *d, uint32_t l3, uint32_t avail_end, u
             return -(C_IP_BAD_VERSION + 1)
         payload = lvs_get16(d + l3 + 4)
         if 40 + payload > avail:
-            return -(C_IP_TRUNCATED + 1)
+            if not quoted:
+                return -(C_IP_TRUNCATED + 1)
+            payload = avail - 40
         p.af = AF_INET6_
         p.alen = 16
         p.ip_end = l3 + 40 + payload

@@ -344,7 +344,7 @@ cdef int lvs_icmp(lvs_core *core, lvs_frame *f, lvs_pkt *p, double now) noexcept
         is_error = icmp_type >= 1 and icmp_type <= 4
     if not is_error:
         return lvs_pass(core, f, C_PASS_NOT_SERVICE)
-    if (lvs_parse_ip(&inner, d, p.l4 + 8, p.ip_end, p.af, False) < 0 or inner.fragment
+    if (lvs_parse_ip(&inner, d, p.l4 + 8, p.ip_end, p.af, False, True) < 0 or inner.fragment
             or (inner.proto != PROTO_TCP_ and inner.proto != PROTO_UDP_)
             or inner.l4 + 8 > p.ip_end):
         return lvs_pass(core, f, C_ICMP_BAD)

@@ -244,6 +244,24 @@ def case_icmp_error_from_client(af):
     return make_config([svc]), steps
 
 
+def case_icmp_error_quoting_a_cut_packet(af):
+    """A router towards the client reports our 1400-byte reply too big, quoting 548 bytes of it:
+    the real server (DR) gets the error as it is, TTL decremented."""
+    svc = make_service(af=af, fwd=DR)
+    a = ADDRS[af]
+    reply = raw(ip_layer(af, a["vip"], a["client"], ttl=60)
+                / TCP(sport=80, dport=40000, flags="A") / (b"r" * 1340))[:548]
+    if af == V4:
+        err = lambda ttl: IP(src="198.18.0.254", dst=a["vip"], ttl=ttl) / ICMP(type=3, code=4, nexthopmtu=1300)
+    else:
+        err = lambda ttl: IPv6(src="2001:db8::fe", dst=a["vip"], hlim=ttl) / ICMPv6PacketTooBig(mtu=1300)
+    wrap_in = Ether(src=CLIENT_MAC, dst=DIR_CLIENT_MAC) / err(64) / Raw(reply)
+    wrap_out = Ether(src=DIR_SERVER_MAC, dst=RS_MACS[0]) / err(63) / Raw(reply)
+    steps = [(from_client(af, TCP_P), IF_CLIENT, False, TX, to_server(af, TCP_P, DR), IF_SERVERS),
+             (wrap_in, IF_CLIENT, False, TX, wrap_out, IF_SERVERS)]
+    return make_config([svc]), steps
+
+
 def case_icmp_error_from_server(af):
     """The real server has no UDP listener: its port-unreachable reaches the client from the VIP."""
     svc = make_service(af=af, protocol=UDP_P, fwd=NAT, rs_port=5353)
@@ -387,6 +405,7 @@ for _af, _afname in ((V4, "v4"), (V6, "v6")):
     CASES[f"no-dest-{_afname}"] = (case_no_dest, (_af,))
     CASES[f"icmp-error-from-client-{_afname}"] = (case_icmp_error_from_client, (_af,))
     CASES[f"icmp-error-from-server-{_afname}"] = (case_icmp_error_from_server, (_af,))
+    CASES[f"icmp-error-quoting-a-cut-packet-{_afname}"] = (case_icmp_error_quoting_a_cut_packet, (_af,))
     CASES[f"checksum-partial-{_afname}"] = (case_checksum_partial, (_af,))
 CASES["udp-zero-checksum"] = (case_udp_zero_checksum, ())
 CASES["too-big-without-df"] = (case_too_big_without_df, ())

@@ -20,13 +20,22 @@ timer with its state's timeout (ip_vs_conn_put).  Counts per real server move ex
 kernel moves them: a new connection is inactive, it becomes active only in ESTABLISHED
 (set_tcp_state), templates count as persistconns (ip_vs_bind_dest).
 
+Also as the kernel: ICMP errors we send ourselves (time exceeded, port unreachable when no real
+server is left, fragmentation needed) come from the VIP and pass icmp_global_allow's rate limit
+(PMTU messages exempt); `-o` UDP services keep no connection; local-node dests are handed to
+the director's own stack (PASS); persistence templates are <proto, caddr & netmask, 0, vaddr or
+fwmark, vport or 0> and outlive their timers while they control connections.
+
 Differences from the kernel, on purpose:
   * no reassembly: fragments to a VIP are dropped and counted (the kernel would reassemble);
   * no conntrack: a client reusing a port whose old connection is in TIME_WAIT/CLOSE is
     rescheduled at once (conn_reuse_mode without the drop that costs kube-proxy users 1 s);
   * too-big packets without DF are dropped and counted instead of fragmented;
   * IP IDs we must invent (ICMP errors, tunnels without DF) are 0 / copied from the inner packet,
-    where the kernel draws a hashed random ID: deterministic output for the golden tables.
+    where the kernel draws a hashed random ID: deterministic output for the golden tables;
+  * a NAT reply whose TTL runs out is dropped and counted (ip_forward would send time exceeded
+    from the director's own address);
+  * ICMP errors about our IP-in-IP packets (from the tunnel path) are not relayed to the client.
 
 Every helper returns plain values; no exception escapes ``process``: anything unexpected in a
 frame is a counted drop.

@@ -226,7 +226,9 @@ class UserspaceBackend(TableBackend):
         services = copy.deepcopy(self._dump_order())
         mark_rules = list(self.get_mark_rules())
         links = self.resolver.links()
-        local_addrs = self.resolver.local_addresses()
+        # addresses we put on our own TUN device (non-local IPv4 VIPs) do not make a VIP local
+        local_addrs = self.resolver.local_addresses(
+            exclude_ifindex=self._tun.ifindex if self._tun is not None else 0)
         if self.io == IO_AFPACKET:
             self._follow_interfaces(links)
         dest_addrs = {dest.addr for svc in services for dest in svc.dests}
@@ -254,10 +256,14 @@ class UserspaceBackend(TableBackend):
                                 mode=cfg.MODE_L3 if self.io == IO_TUN else cfg.MODE_L2)
         ifnames = [info["name"] for info in self.interfaces.values()]
         self._local_vip_families = {model.af_of(v) for v in vips if v in local_addrs}
+        # --io tun: non-local VIPs are answered for by the kernel (tunroutes.apply_proxies); an
+        # IPv4 one becomes an address of the TUN device, so the local table must move too
+        self._tun_proxies = tuple(sorted(str(v) for v in proxy)) if self.io == IO_TUN else ()
+        if any(v.version == 4 for v in proxy) and self.io == IO_TUN:
+            self._local_vip_families.add(model.AF_INET)
         return config, ifnames
 
-    @staticmethod
-    def _fingerprint(config: cfg.CoreConfig, ifnames: list[str]):
+    def _fingerprint(self, config: cfg.CoreConfig, ifnames: list[str]):
         """What the core and the guard see, as a comparable value (counters excluded)."""
         services = tuple(
             (svc.key, svc.scheduler, svc.flags, svc.timeout, svc.netmask, svc.pe_name,
@@ -269,7 +275,8 @@ class UserspaceBackend(TableBackend):
         return (services, routes, tuple(sorted(config.local_macs.items())),
                 tuple(sorted((k, tuple(v)) for k, v in config.proxy_vips.items())),
                 (config.timeouts.tcp, config.timeouts.tcp_fin, config.timeouts.udp),
-                tuple(config.mark_rules), config.mode, tuple(sorted(ifnames)))
+                tuple(config.mark_rules), config.mode, tuple(sorted(ifnames)),
+                tuple(sorted(getattr(self, "_tun_proxies", ()))))
 
     def _republish(self) -> None:
         with self._lock:
@@ -286,6 +293,8 @@ class UserspaceBackend(TableBackend):
                 self._guard.apply(ifnames, guard_mod.service_rules(config.services, config.mark_rules))
             if self._tunroutes is not None:
                 self._tunroutes.apply(config.services, config.mark_rules, self._local_vip_families)
+                self._tunroutes.apply_proxies(
+                    list(self._tun_proxies), {idx: info["name"] for idx, info in self.interfaces.items()})
             self._published_key = key
 
     # --- run-time state from the core -----------------------------------------------------

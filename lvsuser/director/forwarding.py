@@ -104,9 +104,12 @@ class Resolver:
             }
         return out
 
-    def local_addresses(self) -> set:
+    def local_addresses(self, exclude_ifindex: int = 0) -> set:
+        """The namespace's own addresses, leaving out those on interface `exclude_ifindex`."""
         addrs = set()
         for msg in self.ipr.get_addr():
+            if exclude_ifindex and msg.get("index") == exclude_ifindex:
+                continue
             text = msg.get("IFA_ADDRESS") or msg.get("IFA_LOCAL")
             if text:
                 addrs.add(ipaddress.ip_address(text))

@@ -14,6 +14,13 @@ is the VIP), so the main table forwards them.  That needs ``ip_forward`` and, be
 replies and IPIP packets carry one of the director's own addresses as source, ``accept_local`` on
 the device; ``rp_filter`` is switched off on it.  Previous values are restored on close.
 
+A VIP that is not one of the director's addresses must still be answered for on the wire.  For
+IPv6 a proxy neighbour entry per served interface does it (``ip neigh add proxy VIP dev IF`` with
+``proxy_ndp``).  IPv4 proxy ARP refuses to answer for an address routed back out of the asking
+interface (the usual case: the VIP sits in the clients' subnet), so an IPv4 VIP is put on the TUN
+device itself, /32: the kernel then answers ARP for it like for any local address, and the rules
+below still steer its service traffic into the device.  Both are removed on close.
+
 The guide puts the VIP on the director's interface.  The ``local`` table is consulted at rule
 priority 0, before any rule we can add, and would deliver VIP traffic to the director's own
 stack.  When a VIP is local we therefore re-add the ``local`` lookup after our rules and remove
@@ -32,6 +39,7 @@ RULE_PRIORITY = 1000  # our rules: 1000 + n
 LOCAL_MOVED_PRIORITY = 2000  # where the `local` lookup goes while a VIP is local
 RT_TABLE_LOCAL = 255
 FR_ACT_TO_TBL = 1
+NTF_PROXY = 0x08
 
 
 class TunRoutes:
@@ -43,6 +51,8 @@ class TunRoutes:
         self._rules: list[dict] = []  # what we added, to delete exactly that
         self._local_moved = {}  # family -> True
         self._sysctl_saved: dict[str, str] = {}
+        self._proxies: set[tuple[int, str]] = set()  # (ifindex, VIP) proxy neighbour entries
+        self._tun_addrs: set[str] = set()  # IPv4 VIPs we put on the TUN device
 
     # --- sysctls of the director's own namespace ------------------------------------------
     def _sysctl(self, key: str, value: str) -> None:
@@ -121,6 +131,35 @@ class TunRoutes:
         for family in local_vip_families:
             self._move_local(family)
 
+    def apply_proxies(self, vips: list[str], interfaces: dict[int, str]) -> None:
+        """Make the kernel answer ARP/ND for non-local VIPs; interfaces: ifindex -> name."""
+        wanted_v4 = {vip for vip in vips if ":" not in vip}
+        wanted_v6 = {(idx, vip) for vip in vips if ":" in vip for idx in interfaces}
+        for vip in self._tun_addrs - wanted_v4:
+            self._tun_addr("del", vip)
+        for vip in wanted_v4 - self._tun_addrs:
+            self._tun_addr("add", vip)
+        self._tun_addrs = wanted_v4
+        for idx, vip in self._proxies - wanted_v6:
+            self._proxy("del", idx, vip)
+        for idx, vip in wanted_v6 - self._proxies:
+            self._sysctl(f"net/ipv6/conf/{interfaces[idx]}/proxy_ndp", "1")
+            self._proxy("add", idx, vip)
+        self._proxies = wanted_v6
+
+    def _tun_addr(self, action: str, vip: str) -> None:
+        try:
+            self.ipr.addr(action, index=self.tun_ifindex, address=vip, prefixlen=32)
+        except Exception as exc:
+            log.warning("could not %s %s/32 on %s: %s", action, vip, self.tun_name, exc)
+
+    def _proxy(self, action: str, ifindex: int, vip: str) -> None:
+        family = socket.AF_INET6 if ":" in vip else socket.AF_INET
+        try:
+            self.ipr.neigh(action, family=family, dst=vip, ifindex=ifindex, flags=NTF_PROXY)
+        except Exception as exc:
+            log.warning("could not %s proxy neighbour %s on ifindex %d: %s", action, vip, ifindex, exc)
+
     def _delete_rules(self) -> None:
         for rule in self._rules:
             try:
@@ -151,6 +190,12 @@ class TunRoutes:
                 log.warning("could not restore the local table's rule: %s", exc)
         self._local_moved.clear()
         self._delete_rules()
+        for idx, vip in list(self._proxies):
+            self._proxy("del", idx, vip)
+        self._proxies.clear()
+        for vip in list(self._tun_addrs):
+            self._tun_addr("del", vip)
+        self._tun_addrs.clear()
         for family in (socket.AF_INET, socket.AF_INET6):
             try:
                 self.ipr.flush_routes(table=self.table, family=family)

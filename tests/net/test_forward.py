@@ -331,14 +331,15 @@ def test_tun(topo, tmp_path, sock_path, lvsuser_ready):
         assert director.stop() == 0, director.log()
 
 
-@pytest.mark.parametrize("mode", ["nat", "tun"])
+@pytest.mark.parametrize("mode", ["nat", "tun", "tun-vip-not-local"])
 def test_io_tun(topo, tmp_path, sock_path, lvsuser_ready, mode):
-    """`--io tun`: the kernel routes VIP traffic (and NAT replies) through the director's TUN device."""
+    """`--io tun`: the kernel routes VIP traffic (and NAT replies) through the director's TUN
+    device; a VIP the director does not own is answered for with a proxy neighbour entry."""
     if mode == "nat":
         cl, dr, rs = build_nat(topo)
         vip, client_ip, ifs, rips = VIP_NAT, "198.18.0.2", ["eth0", "eth1"], {"198.18.1.11", "198.18.1.12"}
     else:
-        cl, dr, rs = build_segment(topo, "tun")
+        cl, dr, rs = build_segment(topo, "tun", local_vip=(mode == "tun"))
         vip, client_ip, ifs, rips = VIP_SEG, "198.18.2.2", ["eth0"], set()
     director = Director(topo, dr, sock_path, io="tun")
     director.start()
@@ -356,6 +357,7 @@ def test_io_tun(topo, tmp_path, sock_path, lvsuser_ready, mode):
         assert director.stop() == 0, director.log()
     rules = topo.run(dr, ["ip", "rule", "show"]).stdout
     assert "lookup local" in rules.splitlines()[0], rules
+    assert "proxy" not in topo.run(dr, ["ip", "neigh", "show", "proxy"]).stdout
 
 
 # --------------------------------------------------------------------------- IPv6

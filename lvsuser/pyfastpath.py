@@ -320,6 +320,12 @@ def _parse_ip(buf: bytearray, l3: int, af_hint: int, check_csum: bool = True,
     return pkt
 
 
+def _ms(now: float) -> int:
+    """Times are kept in whole milliseconds, as the compiled core keeps them, so both cores
+    expire a connection at the same instant."""
+    return int(now * 1000)
+
+
 def _addr(af: int, raw: bytes) -> model.IPAddress:
     return ipaddress.IPv4Address(raw) if af == model.AF_INET else ipaddress.IPv6Address(raw)
 
@@ -527,7 +533,7 @@ class Core:
             return self._icmp(pkt, ifindex, now)
         if pkt.proto in (model.IPPROTO_TCP, model.IPPROTO_UDP) and not pkt.fragment and pkt.sport >= 0:
             conn = self._conn_out.get((pkt.proto, pkt.af, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport))
-            if conn is not None and conn.expires > now:
+            if conn is not None and conn.expires > _ms(now):
                 return self._reply_out(pkt, conn, now, csum_partial)
         mark = self._mark_of(pkt)
         state = self._find_service(pkt, mark)
@@ -544,7 +550,7 @@ class Core:
             raise _Reject("l4_truncated")
         key = (pkt.proto, pkt.af, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport)
         conn = self._conn_in.get(key)
-        if conn is not None and conn.expires <= now:
+        if conn is not None and conn.expires <= _ms(now):
             self._counters["conn_expired"] += 1
             self._expire_conn(conn, now)
             conn = None
@@ -625,7 +631,7 @@ class Core:
         if svc.persistent:
             tkey = self._template_key(svc, pkt)
             template = self._templates.get(tkey)
-            if template is not None and (template.expires <= now and not template.n_control):
+            if template is not None and (template.expires <= _ms(now) and not template.n_control):
                 self._expire_conn(template, now)
                 template = None
             if template is not None and template.dest is not None:
@@ -642,7 +648,7 @@ class Core:
                                           tport, CONN_F_TEMPLATE, ifindex, buf, now)
                 template.tkey = tkey
                 template.timeout = svc.timeout
-                template.expires = now + svc.timeout
+                template.expires = _ms(now) + svc.timeout * 1000
                 self._templates[tkey] = template
             dport = dest.port if (pkt.dport == svc.port and dest.port) else pkt.dport
         else:
@@ -658,7 +664,7 @@ class Core:
         if template is not None:
             conn.control = template
             template.n_control += 1
-            template.expires = now + template.timeout  # ip_vs_conn_put re-arms the template
+            template.expires = _ms(now) + template.timeout * 1000  # ip_vs_conn_put re-arms it
         svc.stats.conns += 1
         dest.stats.conns += 1
         self._counters["conn_new"] += 1
@@ -706,7 +712,7 @@ class Core:
         conn.flags = flags | CONN_F_INACTIVE
         if conn.fwd != model.Forward.MASQ:
             conn.flags |= CONN_F_NOOUTPUT
-        conn.timeout, conn.expires = 3, now + 3
+        conn.timeout, conn.expires = 3, _ms(now) + 3000
         conn.in_ifindex = ifindex
         l2 = self._config.mode == MODE_L2
         conn.client_mac = bytes(buf[6:12]) if l2 else b""
@@ -743,8 +749,8 @@ class Core:
                 and template.dest is not None:
             # while this connection lived, every firing of the template's timer re-armed it
             while template.timeout > 0 and template.expires < conn.expires:
-                template.expires += template.timeout
-            if template.expires <= now:
+                template.expires += template.timeout * 1000
+            if template.expires <= _ms(now):
                 self._expire_conn(template, now)
                 self._counters["conn_expired"] += 1
 
@@ -820,7 +826,7 @@ class Core:
             dest.stats.inpkts += 1
             dest.stats.inbytes += ip_len
         self._set_state(conn, pkt, DIR_INPUT)
-        conn.expires = now + conn.timeout
+        conn.expires = _ms(now) + conn.timeout * 1000
         if conn.fwd == model.Forward.LOCALNODE:
             self._counters["local_node"] += 1  # ip_vs_null_xmit: the local stack takes it
             return (PASS, None, 0)
@@ -855,7 +861,7 @@ class Core:
             # ip_forward would answer with time exceeded from the director; we drop and count.
             raise _Reject("ttl_exceeded")
         self._set_state(conn, pkt, DIR_OUTPUT)
-        conn.expires = now + conn.timeout
+        conn.expires = _ms(now) + conn.timeout * 1000
         self._dec_ttl(pkt)
         state = self._services.get(conn.svc)
         ip_len = pkt.ip_end - pkt.l3
@@ -1018,12 +1024,12 @@ class Core:
         # in: the quote is our reply VIP->client, so the connection is (client, VIP) reversed.
         conn = self._conn_in.get((inner.proto, inner.af, inner.daddr, inner.dport,
                                   inner.saddr, inner.sport))
-        if conn is not None and conn.expires > now and pkt.daddr == conn.vaddr:
+        if conn is not None and conn.expires > _ms(now) and pkt.daddr == conn.vaddr:
             return self._icmp_in(pkt, inner, conn, ifindex)
         # out: the quote is client->real server, the error comes from the real server side (NAT).
         conn = self._conn_out.get((inner.proto, inner.af, inner.daddr, inner.dport,
                                    inner.saddr, inner.sport))
-        if conn is not None and conn.expires > now:
+        if conn is not None and conn.expires > _ms(now):
             return self._icmp_out(pkt, inner, conn)
         self._counters["icmp_not_conn"] += 1
         return (PASS, None, 0)
@@ -1146,13 +1152,14 @@ class Core:
 
     def _sweep(self, now: float) -> int:
         before = self._counters["conn_expired"]
+        now_ms = _ms(now)
         for conn in list(self._templates.values()) + list(self._conn_in.values()):
-            if conn.dest is None or conn.expires > now:
+            if conn.dest is None or conn.expires > now_ms:
                 continue  # already gone (with its last connection), or not due
             if conn.flags & CONN_F_TEMPLATE and conn.n_control:
-                # expire_later: the timer found live connections and re-armed from its firing
-                while conn.timeout > 0 and conn.expires <= now:
-                    conn.expires += conn.timeout
+                # expire_later: while it controls connections the kernel's timer keeps re-arming
+                # it; the last connection to go settles its real expiry (_expire_conn)
+                continue
             else:
                 self._expire_conn(conn, now)
                 self._counters["conn_expired"] += 1
@@ -1184,11 +1191,19 @@ class Core:
             else:
                 protocol = model.PROTOCOL_NAMES[conn.protocol]
                 state = "UDP" if conn.protocol == model.IPPROTO_UDP else TCP_STATE_NAMES[conn.state]
-            left = conn.expires - now if now is not None else conn.timeout
+            if now is None:
+                left = conn.timeout
+            else:
+                left_ms = conn.expires - _ms(now)
+                if left_ms <= 0 and conn.flags & CONN_F_TEMPLATE and conn.n_control and conn.timeout:
+                    # its timer would have re-armed it every timeout while it controlled conns
+                    step = conn.timeout * 1000
+                    left_ms = step - (-left_ms) % step
+                left = max(0, left_ms) // 1000
             rows.append(dict(protocol=protocol, caddr=_addr(conn.af, conn.caddr), cport=conn.cport,
                              vaddr=_addr(conn.af, conn.vaddr), vport=conn.vport,
                              daddr=_addr(conn.af, conn.daddr), dport=conn.dport, state=state,
-                             expires=max(0, int(left)), pe_name="", pe_data=""))
+                             expires=int(left), pe_name="", pe_data=""))
         return rows
 
     def services(self) -> list[model.Service]:

@@ -349,10 +349,10 @@ cdef void lvs_sweep(lvs_core *core, uint32_t now_ms, uint32_t budget) noexcept n
         c = &t.entries[t.sweep_cursor]
         if c.flags & LVS_CONN_USED and lvs_time_after_eq(now_ms, c.expires):
             if c.flags & LVS_CONN_TEMPLATE and c.control:
-                # expire_later: the timer found live connections and re-armed from its firing
-                step = lvs_conn_timeout_ms(core, c)
-                while step and lvs_time_after_eq(now_ms, c.expires):
-                    c.expires += step
+                # expire_later: while it controls connections the kernel's timer keeps re-arming
+                # it; the last connection to go settles its real expiry (lvs_conn_expire), which
+                # keeps the result independent of the order the sweep visits entries in.
+                pass
             else:
                 lvs_conn_expire(core, t.sweep_cursor, now_ms)
                 core.counters[C_CONN_EXPIRED] += 1

@@ -707,6 +707,7 @@ cdef class Core:
         cdef lvs_conntab *ct = &self.c.conns
         cdef lvs_conn *c
         cdef uint32_t i
+        cdef int64_t left_ms, step_ms
         cdef uint8_t alen
         cdef lvs_dest *d
         for i in range(1, ct.high_water + 1):
@@ -723,7 +724,13 @@ cdef class Core:
                 protocol = _model.PROTOCOL_NAMES[c.protocol]
                 state = "UDP" if c.protocol == PROTO_UDP_ else _pyfastpath.TCP_STATE_NAMES[c.state]
             if now is not None:
-                left = max(0, <int32_t>(c.expires - now_ms)) // 1000
+                left_ms = <int32_t>(c.expires - now_ms)
+                if left_ms <= 0 and c.flags & LVS_CONN_TEMPLATE and c.control:
+                    # its timer would have re-armed it every timeout while it controlled conns
+                    step_ms = lvs_conn_timeout_ms(self.c, c)
+                    if step_ms:
+                        left_ms = step_ms - (-left_ms) % step_ms
+                left = max(0, left_ms) // 1000
             else:
                 left = lvs_conn_timeout_ms(self.c, c) // 1000
             row = dict(protocol=protocol,

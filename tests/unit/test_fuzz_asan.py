@@ -30,7 +30,7 @@ RUNNER = textwrap.dedent("""
     from tests.unit import test_fuzz_cores as fuzz
     total = 0
     for mode, seed in (("l2", 11), ("l3", 12)):
-        items = fuzz.corpus(seed=seed, count=4000)
+        items = fuzz.corpus(seed=seed, count=4000, mode=mode)
         results, counters = fuzz.run_corpus(compiled.Core, items, mode)
         total += len(results)
     # and a full table, expiry and a re-publish that drops dests, under ASan too

@@ -93,10 +93,22 @@ def mutate(frame: bytes, rng: random.Random) -> bytes:
     return bytes(data)
 
 
-def corpus(seed: int = 1, count: int = 3000) -> list[tuple[bytes, int, float, bool]]:
+def l3_packets(frames: list[bytes]) -> list[bytes]:
+    """The IP packets inside Ethernet frames (what a TUN device hands over)."""
+    out = []
+    for frame in frames:
+        ethertype = int.from_bytes(frame[12:14], "big")
+        if ethertype == 0x8100:
+            out.append(frame[18:])
+        elif ethertype in (0x0800, 0x86DD):
+            out.append(frame[14:])
+    return out
+
+
+def corpus(seed: int = 1, count: int = 3000, mode: str = "l2") -> list[tuple[bytes, int, float, bool]]:
     """A deterministic fuzz corpus: (frame, ifindex, now, csum_partial)."""
     rng = random.Random(seed)
-    seeds = seed_frames()
+    seeds = seed_frames() if mode == "l2" else l3_packets(seed_frames())
     out = []
     now = 10.0
     for i in range(count):
@@ -129,14 +141,18 @@ def run_corpus(core_cls, items, mode="l2"):
         results.append(check(core, frame, ifindex, now, partial))
         if len(results) % 500 == 0:
             core.expire(now)
-            core.connections(now)
-            core.services()
+            listing = sorted((r["protocol"], str(r["caddr"]), r["cport"], str(r["vaddr"]), r["vport"],
+                              str(r["daddr"]), r["dport"], r["state"], r["expires"])
+                             for r in core.connections(now))
+            counts = [(d.activeconns, d.inactconns, d.persistconns, d.flags)
+                      for svc in core.services() for d in svc.dests]
+            results.append((listing, counts))
     return results, core.counters()
 
 
 @pytest.mark.parametrize("mode", ["l2", "l3"])
 def test_corpus_both_cores_agree(mode):
-    items = corpus(seed=7 if mode == "l2" else 8, count=2000)
+    items = corpus(seed=7 if mode == "l2" else 8, count=2000, mode=mode)
     outcomes = [run_corpus(cls, items, mode) for cls in CORES]
     for other in outcomes[1:]:
         for i, (a, b) in enumerate(zip(outcomes[0][0], other[0])):

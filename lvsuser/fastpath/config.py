@@ -84,6 +84,9 @@ class CoreConfig:
         """Raise ValueError naming the first bad field; the core's state is untouched then."""
         if self.mode not in (MODE_L2, MODE_L3):
             raise ValueError(f"mode must be {MODE_L2!r} or {MODE_L3!r}, not {self.mode!r}")
+        # The compiled core keeps a connection's service and dest as 16-bit indices.
+        if len(self.services) > 65535:
+            raise ValueError(f"{len(self.services)} services: at most 65535 are supported")
         seen = set()
         for svc in self.services:
             if not isinstance(svc, model.Service):
@@ -102,6 +105,8 @@ class CoreConfig:
                     raise ValueError(f"service {svc.key}: address does not match family")
             if not 0 <= svc.port <= 65535:
                 raise ValueError(f"service {svc.key}: bad port {svc.port}")
+            if len(svc.dests) > 65535:
+                raise ValueError(f"service {svc.key}: at most 65535 real servers are supported")
             for dest in svc.dests:
                 if not 0 <= dest.port <= 65535:
                     raise ValueError(f"service {svc.key}: dest {dest.addr} bad port {dest.port}")

@@ -294,6 +294,17 @@ def test_nat(topo, tmp_path, sock_path, lvsuser_ready):
         director.ipvsadm("-a", "-u", f"{VIP_NAT}:5353", "-r", "198.18.1.12:5353", "-m")
         exercise(topo, tmp_path, director, cl, dr, rs, VIP_NAT, "198.18.0.2", ["eth0", "eth1"],
                  {"198.18.1.11", "198.18.1.12"})
+        # the connection table as ipvsadm lists it, filled by the datapath
+        conns = director.ipvsadm("-Lnc").stdout
+        assert any("198.18.0.2:" in line and f"{VIP_NAT}:80" in line and "198.18.1.1" in line
+                   for line in conns.splitlines()), conns
+        # weight 0 (quiesced): no new connections to rs2, through CLI, table, publish and core
+        director.ipvsadm("-e", "-t", f"{VIP_NAT}:80", "-r", "198.18.1.12:80", "-m", "-w", "0")
+        assert curl_names(topo, cl, f"http://{VIP_NAT}/", 4) == ["rs1"] * 4
+        # a deleted real server gets nothing; the one added back does again
+        director.ipvsadm("-d", "-t", f"{VIP_NAT}:80", "-r", "198.18.1.11:80")
+        director.ipvsadm("-e", "-t", f"{VIP_NAT}:80", "-r", "198.18.1.12:80", "-m", "-w", "1")
+        assert curl_names(topo, cl, f"http://{VIP_NAT}/", 2) == ["rs2"] * 2
     finally:
         assert director.stop() == 0, director.log()
     # the guard is gone with the director

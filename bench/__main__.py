@@ -186,6 +186,12 @@ def _inside_guest(settings) -> int:
     from bench import candidates as cand_mod, guest, runner, traffic
     from bench.topology import BenchTopology
 
+    import pyroute2.config
+    # Under TCG a pyroute2 helper process (netns creation, IPRoute(netns=...)) can take longer
+    # than pyroute2's 2 s default to answer, which it treats as a hung child.
+    pyroute2.config.default_communicate_timeout = 60
+    pyroute2.config.default_create_socket_timeout = 120
+
     candidates = cand_mod.guest_candidates()
     workdir = tempfile.mkdtemp(prefix="lvsbench-")
     try:

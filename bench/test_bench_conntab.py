@@ -67,7 +67,7 @@ def write_summary():
     if int(largest) < 10**7:
         problems.append(f"largest size measured {int(largest):,} (set LVSUSER_BENCH_HUGE=1)")
     if bytes_per_entry is None or bytes_per_entry > TARGET_BYTES:
-        problems.append(f"{bytes_per_entry} bytes/entry")
+        problems.append(f"more than {TARGET_BYTES} bytes/entry")
     if flat > FLAT_FACTOR:
         problems.append(f"lookups {flat:.2f}x slower at {int(largest):,} than at "
                         f"{int(smallest):,}")

@@ -28,6 +28,7 @@ the priority-0 one (``ip rule`` users know this move); close() puts it back firs
 """
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 
@@ -171,8 +172,13 @@ class TunRoutes:
     def _move_local(self, family: int) -> None:
         if self._local_moved.get(family):
             return
-        self.ipr.rule("add", family=family, priority=LOCAL_MOVED_PRIORITY, table=RT_TABLE_LOCAL,
-                      action=FR_ACT_TO_TBL)
+        try:
+            self.ipr.rule("add", family=family, priority=LOCAL_MOVED_PRIORITY, table=RT_TABLE_LOCAL,
+                          action=FR_ACT_TO_TBL)
+        except Exception as exc:
+            # EEXIST: a director killed with SIGKILL left it moved; adopt that state
+            if getattr(exc, "code", None) != errno.EEXIST:
+                raise
         self._local_moved[family] = True
         try:
             self.ipr.rule("del", family=family, priority=0, table=RT_TABLE_LOCAL, action=FR_ACT_TO_TBL)
@@ -182,8 +188,12 @@ class TunRoutes:
     def close(self) -> None:
         for family in list(self._local_moved):
             try:
-                self.ipr.rule("add", family=family, priority=0, table=RT_TABLE_LOCAL,
-                              action=FR_ACT_TO_TBL)
+                try:
+                    self.ipr.rule("add", family=family, priority=0, table=RT_TABLE_LOCAL,
+                                  action=FR_ACT_TO_TBL)
+                except Exception as exc:
+                    if getattr(exc, "code", None) != errno.EEXIST:
+                        raise
                 self.ipr.rule("del", family=family, priority=LOCAL_MOVED_PRIORITY,
                               table=RT_TABLE_LOCAL, action=FR_ACT_TO_TBL)
             except Exception as exc:

@@ -488,3 +488,31 @@ def test_dr_director_on_a_bridge(topo, tmp_path, sock_path, lvsuser_ready):
         assert 'device "br0"' in guard and 'device "eth0"' not in guard, guard
     finally:
         assert director.stop() == 0, director.log()
+
+
+@pytest.mark.parametrize("io", ["afpacket", "tun"])
+def test_restart_after_sigkill(topo, tmp_path, lvsuser_ready, io):
+    """A director killed with SIGKILL cannot clean up; the next one sweeps what it left (nft
+    table, moved local rule) and serves, and a clean stop leaves nothing behind."""
+    mode, method = ("dr", "-g") if io == "afpacket" else ("tun", "-i")
+    cl, dr, rs = build_segment(topo, mode)
+    for n, ns in enumerate(rs):
+        start_realserver(topo, ns, f"rs{n + 1}", "0.0.0.0", udp_addr=VIP_SEG)
+    first = Director(topo, dr, str(tmp_path / "first.sock"), io=io)
+    first.start()
+    _segment_services(first, method)
+    assert curl_names(topo, cl, f"http://{VIP_SEG}/", 1)[0] in ("rs1", "rs2")
+    first.proc.kill()
+    first.proc.wait(timeout=5)
+    second = Director(topo, dr, str(tmp_path / "second.sock"), io=io)
+    second.start()
+    try:
+        _segment_services(second, method)
+        assert curl_names(topo, cl, f"http://{VIP_SEG}/", 2) == ["rs2", "rs1"]
+        tables = topo.run(dr, ["nft", "list", "tables"]).stdout
+        assert f"lvsuser_{first.proc.pid}" not in tables, tables
+    finally:
+        assert second.stop() == 0, second.log()
+    assert "lvsuser_" not in topo.run(dr, ["nft", "list", "tables"]).stdout
+    rules = topo.run(dr, ["ip", "rule", "show"]).stdout.splitlines()
+    assert "lookup local" in rules[0] and not any("2000:" in r for r in rules), rules

@@ -344,7 +344,11 @@ class UserspaceBackend(TableBackend):
             self._closed = True
         if self._monitor is not None:
             self._monitor.stop()
+        # what the drivers counted, kept for whoever reads the log (drops by reason, batches)
+        stats = self.driver_stats()
         self._stop_drivers()
+        if stats:
+            log.info("I/O counters: %s", ", ".join(f"{k}={v}" for k, v in sorted(stats.items()) if v))
         if self._guard is not None:
             self._guard.remove()
         if self._tunroutes is not None:

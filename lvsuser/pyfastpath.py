@@ -34,8 +34,10 @@ Differences from the kernel, on purpose:
   * IP IDs we must invent (ICMP errors, tunnels without DF) are 0 / copied from the inner packet,
     where the kernel draws a hashed random ID: deterministic output for the golden tables;
   * a NAT reply whose TTL runs out is dropped and counted (ip_forward would send time exceeded
-    from the director's own address);
-  * ICMP errors about our IP-in-IP packets (from the tunnel path) are not relayed to the client.
+    from the director's own address).
+
+ICMP errors about our IPv4 IP-in-IP packets are relayed to the client from the VIP, a reported
+MTU less the tunnel's 20 bytes (ip_vs_in_icmp); relayed frames carry no VLAN tag.
 
 Every helper returns plain values; no exception escapes ``process``: anything unexpected in a
 frame is a counted drop.
@@ -96,6 +98,7 @@ COUNTER_NAMES = (
     "icmp_ratelimited",    # an ICMP error not sent: over the kernel's global ICMP rate
     "one_packet",          # UDP with -o (one-packet scheduling): connection dropped after use
     "local_node",          # to a local-node dest: handed to the director's own stack (PASS)
+    "icmp_tunnel",         # an ICMP error about our IP-in-IP packet, relayed to the client
 )
 
 # TCP states (IP_VS_TCP_S_*) and their names in listings.
@@ -966,8 +969,9 @@ class Core:
         return True
 
     def _icmp_error(self, pkt: _Packet, ifindex: int, icmp_type: int, code: int, info: int,
-                    now: float = 0.0):
-        """icmp_send / icmp6_send from the VIP back to the client, quoting the packet."""
+                    now: float = 0.0, via: Optional[_Conn] = None):
+        """icmp_send / icmp6_send from the VIP back to the client, quoting the packet: REPLY on
+        the arrival interface, or (via a connection) TX back the way that connection came in."""
         if not self._icmp_allowed(pkt, icmp_type, code, now):
             return (DROP, None, 0)
         buf = pkt.buf
@@ -989,10 +993,51 @@ class Core:
             ip = bytearray(struct.pack("!IHBB16s16s", 6 << 28, len(body), IPPROTO_ICMPV6,
                                        ICMP_DEFAULT_TTL, pkt.daddr, pkt.saddr))
         out = bytearray()
+        if via is not None:
+            if self._config.mode == MODE_L2:
+                out += (via.client_mac + self._config.local_macs.get(via.in_ifindex, via.local_mac)
+                        + struct.pack("!H", ETH_P_IP if pkt.af == model.AF_INET else ETH_P_IPV6))
+            return (TX, bytes(out + ip + body), via.in_ifindex)
         if self._config.mode == MODE_L2:
             out += buf[6:12] + self._config.local_macs.get(ifindex, bytes(buf[0:6])) + buf[12:pkt.l3]
         out += ip + body
         return (REPLY, bytes(out), ifindex)
+
+    def _icmp_tunnel(self, pkt: _Packet, tunnel: _Packet, now: float):
+        """An ICMP error about one of our IP-in-IP packets (from the path to a real server): tell
+        the client, as ip_vs_in_icmp does -- with the tunnel's overhead taken off a reported MTU."""
+        buf = pkt.buf
+        try:
+            orig = _parse_ip(buf, tunnel.l4, model.AF_INET, check_csum=False, quoted=True)
+        except _Reject:
+            orig = None
+        if orig is None or orig.fragment or orig.proto not in (model.IPPROTO_TCP, model.IPPROTO_UDP) \
+                or orig.l4 + 8 > pkt.ip_end:
+            self._counters["icmp_bad"] += 1
+            return (PASS, None, 0)
+        sport = (buf[orig.l4] << 8) | buf[orig.l4 + 1]
+        dport = (buf[orig.l4 + 2] << 8) | buf[orig.l4 + 3]
+        # "For IPIP this is error for request, not for reply": the quote is client -> VIP.
+        conn = self._conn_in.get((orig.proto, model.AF_INET, orig.saddr, sport, orig.daddr, dport))
+        if conn is None or conn.expires <= _ms(now) or conn.fwd != model.Forward.TUNNEL \
+                or pkt.daddr != tunnel.saddr:
+            self._counters["icmp_not_conn"] += 1
+            return (PASS, None, 0)
+        icmp_type, code = buf[pkt.l4], buf[pkt.l4 + 1]
+        info = struct.unpack("!I", bytes(buf[pkt.l4 + 4:pkt.l4 + 8]))[0]
+        if icmp_type == 3 and code == 4:
+            if not buf[orig.l3 + 6] & 0x40:
+                self._counters["icmp_bad"] += 1  # the client does not do PMTU discovery
+                return (DROP, None, 0)
+            mtu = info & 0xFFFF
+            route = self._routes.get(conn.daddr)
+            if route is not None and (mtu < 68 or route.mtu < mtu):
+                mtu = route.mtu  # the route's (lowered) PMTU is preferred
+            if mtu > 68 + 20:
+                mtu -= 20
+            info = mtu
+        self._counters["icmp_tunnel"] += 1
+        return self._icmp_error(orig, conn.in_ifindex, icmp_type, code, info, now, via=conn)
 
     def _icmp(self, pkt: _Packet, ifindex: int, now: float):
         """ICMP errors quoting a connection (ip_vs_in_icmp / ip_vs_out_icmp)."""
@@ -1012,6 +1057,9 @@ class Core:
             inner = _parse_ip(buf, pkt.l4 + 8, pkt.af, check_csum=False, quoted=True)
         except _Reject:
             inner = None
+        if inner is not None and pkt.af == model.AF_INET and inner.proto == IPPROTO_IPIP \
+                and not inner.fragment:
+            return self._icmp_tunnel(pkt, inner, now)
         if inner is None or inner.fragment or inner.proto not in (model.IPPROTO_TCP, model.IPPROTO_UDP):
             self._counters["icmp_bad"] += 1
             return (PASS, None, 0)

@@ -44,6 +44,7 @@ cdef enum:
     C_ICMP_RATELIMITED
     C_ONE_PACKET
     C_LOCAL_NODE
+    C_ICMP_TUNNEL
     C_NUM_COUNTERS
 
 cdef enum:

@@ -113,18 +113,30 @@ cdef bint lvs_icmp_allowed(lvs_core *core, const lvs_pkt *p, uint8_t icmp_type, 
 
 
 cdef int lvs_icmp_error(lvs_core *core, lvs_frame *f, lvs_pkt *p, uint8_t icmp_type, uint8_t code,
-                        uint32_t info, double now) noexcept nogil:
-    """icmp_send / icmp6_send from the VIP back to the client, quoting the packet: REPLY."""
+                        uint32_t info, double now, const lvs_conn *via=NULL) noexcept nogil:
+    """icmp_send / icmp6_send from the VIP back to the client, quoting the packet: REPLY on the
+    arrival interface, or (via a connection) TX back the way that connection came in."""
     cdef uint8_t out[LVS_SCRATCH]
     cdef uint8_t *d = p.d
     cdef uint32_t n = 0, quote, ip_off, body_off, body_len
     cdef const uint8_t *mac
+    cdef const lvs_peer *peer = NULL
     cdef uint8_t is_v6 = p.af == AF_INET6_
+    if via != NULL:
+        if via.peer == 0:
+            return lvs_drop(core, f, C_NO_ROUTE)
+        peer = &core.peers[via.peer]
     if not lvs_icmp_allowed(core, p, icmp_type, code, now):
         f.verdict = LVS_DROP
         f.out_ifindex = 0
         return LVS_DROP
-    if core.tables.l2:
+    if core.tables.l2 and peer != NULL:
+        memcpy(out, peer.client_mac, 6)
+        mac = lvs_local_mac(core.tables, peer.ifindex)
+        memcpy(out + 6, mac if mac != NULL else peer.local_mac, 6)
+        lvs_put16(out + 12, ETHP_IPV6 if is_v6 else ETHP_IP)
+        n = 14
+    elif core.tables.l2:
         memcpy(out, d + 6, 6)
         mac = lvs_local_mac(core.tables, f.ifindex)
         memcpy(out + 6, mac if mac != NULL else d, 6)
@@ -168,7 +180,48 @@ cdef int lvs_icmp_error(lvs_core *core, lvs_frame *f, lvs_pkt *p, uint8_t icmp_t
         memcpy(out + ip_off + 16, d + p.saddr_off, 4)
         lvs_ip4_set_checksum(out + ip_off)
         lvs_put16(out + body_off + 2, (~lvs_csum_add(0, out + body_off, body_len)) & 0xFFFF)
+    if peer != NULL:
+        return lvs_emit(core, f, out, body_off + body_len, LVS_TX, peer.ifindex)
     return lvs_emit(core, f, out, body_off + body_len, LVS_REPLY, f.ifindex)
+
+
+cdef int lvs_icmp_tunnel(lvs_core *core, lvs_frame *f, lvs_pkt *p, lvs_pkt *tunnel,
+                         double now) noexcept nogil:
+    """An ICMP error about one of our IP-in-IP packets (from the path to a real server): tell the
+    client, as ip_vs_in_icmp does -- with the tunnel's overhead taken off a reported MTU."""
+    cdef uint8_t *d = p.d
+    cdef lvs_pkt orig
+    cdef uint32_t idx, info, mtu
+    cdef uint16_t sport, dport
+    cdef lvs_conn *c
+    cdef lvs_conntab *t = &core.conns
+    cdef uint8_t icmp_type = d[p.l4], code = d[p.l4 + 1]
+    cdef const lvs_dest *dest
+    if (lvs_parse_ip(&orig, d, tunnel.l4, p.ip_end, AF_INET_, False, True) < 0 or orig.fragment
+            or (orig.proto != PROTO_TCP_ and orig.proto != PROTO_UDP_) or orig.l4 + 8 > p.ip_end):
+        return lvs_pass(core, f, C_ICMP_BAD)
+    sport = lvs_get16(d + orig.l4)
+    dport = lvs_get16(d + orig.l4 + 2)
+    # "For IPIP this is error for request, not for reply": the quote is client -> VIP.
+    idx = lvs_conn_in_find(t, orig.proto, 0, d + orig.saddr_off, sport, d + orig.daddr_off, dport, 4)
+    if (idx == 0 or lvs_time_after_eq(lvs_ms(core, now), t.entries[idx].expires)
+            or ((t.entries[idx].flags >> LVS_CONN_FWD_SHIFT) & 7) != LVS_FWD_TUNNEL
+            or memcmp(d + p.daddr_off, d + tunnel.saddr_off, 4) != 0):
+        return lvs_pass(core, f, C_ICMP_NOT_CONN)
+    c = &t.entries[idx]
+    info = lvs_get32(d + p.l4 + 4)
+    if icmp_type == 3 and code == 4:
+        if not (d[orig.l3 + 6] & 0x40):
+            return lvs_drop(core, f, C_ICMP_BAD)     # the client does not do PMTU discovery
+        mtu = info & 0xFFFF
+        dest = lvs_conn_dest(core, c)
+        if core.tables.ext[c.svc].dests[c.dest].has_route and (mtu < 68 or dest.mtu < mtu):
+            mtu = dest.mtu                           # the route's (lowered) PMTU is preferred
+        if mtu > 68 + 20:
+            mtu -= 20
+        info = mtu
+    core.counters[C_ICMP_TUNNEL] += 1
+    return lvs_icmp_error(core, f, &orig, icmp_type, code, info, now, c)
 
 
 cdef int lvs_l2_to_dest(lvs_core *core, lvs_frame *f, const lvs_dest *dest) noexcept nogil:
@@ -344,6 +397,9 @@ cdef int lvs_icmp(lvs_core *core, lvs_frame *f, lvs_pkt *p, double now) noexcept
         is_error = icmp_type >= 1 and icmp_type <= 4
     if not is_error:
         return lvs_pass(core, f, C_PASS_NOT_SERVICE)
+    if (p.af == AF_INET_ and lvs_parse_ip(&inner, d, p.l4 + 8, p.ip_end, p.af, False, True) == 0
+            and inner.proto == PROTO_IPIP and not inner.fragment):
+        return lvs_icmp_tunnel(core, f, p, &inner, now)
     if (lvs_parse_ip(&inner, d, p.l4 + 8, p.ip_end, p.af, False, True) < 0 or inner.fragment
             or (inner.proto != PROTO_TCP_ and inner.proto != PROTO_UDP_)
             or inner.l4 + 8 > p.ip_end):

@@ -262,6 +262,34 @@ def case_icmp_error_quoting_a_cut_packet(af):
     return make_config([svc]), steps
 
 
+def case_icmp_about_our_tunnel():
+    """A router on the way to the real server cannot pass our 1400-byte IP-in-IP packet: the
+    client hears it from the VIP, with the MTU less the tunnel's 20 bytes (ip_vs_in_icmp)."""
+    svc = make_service(fwd=TUN)
+    a = ADDRS[V4]
+    inp = from_client(V4, TCP_P, ipflags="DF", payload=b"t" * 1300)
+    inner = ip_only(from_client(V4, TCP_P, ttl=63, ipflags="DF", payload=b"t" * 1300))
+    sent = tunneled(V4, inner, df=True)
+    quoted = raw(sent[IP])[:548]          # the router quotes the outer and part of the inner
+    err = (Ether(src=RS_MACS[0], dst=DIR_SERVER_MAC)
+           / IP(src="198.18.1.254", dst=a["dip"], ttl=64) / ICMP(type=3, code=4, nexthopmtu=1400)
+           / Raw(quoted))
+    to_client = (Ether(src=DIR_CLIENT_MAC, dst=CLIENT_MAC)
+                 / IP(src=a["vip"], dst=a["client"], ttl=64, id=0, tos=0xC0)
+                 / ICMP(type=3, code=4, nexthopmtu=1380) / Raw(quoted[20:]))
+    no_df = from_client(V4, TCP_P, sport=40001)
+    no_df_sent = tunneled(V4, ip_only(from_client(V4, TCP_P, ttl=63, sport=40001)), df=False)
+    err_no_df = (Ether(src=RS_MACS[0], dst=DIR_SERVER_MAC)
+                 / IP(src="198.18.1.254", dst=a["dip"], ttl=64) / ICMP(type=3, code=4, nexthopmtu=1400)
+                 / Raw(raw(no_df_sent[IP])))
+    return make_config([svc]), [
+        (inp, IF_CLIENT, False, TX, sent, IF_SERVERS),
+        (err, IF_SERVERS, False, TX, to_client, IF_CLIENT),
+        (no_df, IF_CLIENT, False, TX, no_df_sent, IF_SERVERS),
+        (err_no_df, IF_SERVERS, False, DROP, None, 0),   # no PMTU discovery: nothing to tell
+    ]
+
+
 def case_icmp_error_from_server(af):
     """The real server has no UDP listener: its port-unreachable reaches the client from the VIP."""
     svc = make_service(af=af, protocol=UDP_P, fwd=NAT, rs_port=5353)
@@ -408,6 +436,7 @@ for _af, _afname in ((V4, "v4"), (V6, "v6")):
     CASES[f"icmp-error-quoting-a-cut-packet-{_afname}"] = (case_icmp_error_quoting_a_cut_packet, (_af,))
     CASES[f"checksum-partial-{_afname}"] = (case_checksum_partial, (_af,))
 CASES["udp-zero-checksum"] = (case_udp_zero_checksum, ())
+CASES["icmp-about-our-tunnel"] = (case_icmp_about_our_tunnel, ())
 CASES["too-big-without-df"] = (case_too_big_without_df, ())
 CASES["arp"] = (case_arp, ())
 CASES["nd"] = (case_nd, ())

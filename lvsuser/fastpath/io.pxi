@@ -111,7 +111,7 @@ cdef struct lvs_io_counters:
     uint64_t drop_tx_too_big     # frame larger than a TX slot
     uint64_t drop_tx_no_ring     # core chose an interface this driver does not serve
     uint64_t tx_errors           # send()/write() failures
-    uint64_t rx_losing           # the kernel reported ring overruns
+    uint64_t rx_ring_drops       # frames the kernel dropped because the RX ring was full
     uint64_t core_errors         # a Python core raised: that batch was not sent
     uint64_t socket_errors       # errors pending on a ring's socket (interface went down)
 

@@ -72,6 +72,10 @@ cdef extern from "<linux/if_packet.h>" nogil:
         unsigned char sll_pkttype
         unsigned char sll_halen
         unsigned char sll_addr[8]
+    struct tpacket_stats_v3:
+        unsigned int tp_packets
+        unsigned int tp_drops
+        unsigned int tp_freeze_q_cnt
     struct tpacket_req:
         unsigned int tp_block_size
         unsigned int tp_block_nr
@@ -113,6 +117,7 @@ cdef extern from "<linux/if_packet.h>" nogil:
     enum:
         PACKET_RX_RING
         PACKET_TX_RING
+        PACKET_STATISTICS
         PACKET_VERSION
         PACKET_QDISC_BYPASS
         PACKET_IGNORE_OUTGOING
@@ -261,6 +266,14 @@ cdef void afp_close_port(afp_port *p) noexcept nogil:
     p.mmsg = NULL
     free(p.iov)
     p.iov = NULL
+
+
+cdef void afp_count_ring_drops(afp_port *p, lvs_io_counters *ctr) noexcept nogil:
+    cdef tpacket_stats_v3 st
+    cdef unsigned int stlen = sizeof(st)
+    memset(&st, 0, sizeof(st))
+    if getsockopt(p.rx_fd, SOL_PACKET, PACKET_STATISTICS, &st, &stlen) == 0:
+        ctr.rx_ring_drops += st.tp_drops
 
 
 cdef void afp_clear_error(afp_port *p, lvs_io_counters *ctr) noexcept nogil:
@@ -449,8 +462,10 @@ cdef class AfPacketDriver:
             if (block.hdr.bh1.block_status & TP_STATUS_USER) == 0:
                 return 0
             if p.rx_cursor == NULL:
+                # LOSING stays set on every block until the drop counter is read (which resets
+                # it): read it then, so rx_ring_drops counts frames, not blocks
                 if block.hdr.bh1.block_status & TP_STATUS_LOSING:
-                    self.ctr.rx_losing += 1
+                    afp_count_ring_drops(p, &self.ctr)
                 p.rx_left = block.hdr.bh1.num_pkts
                 p.rx_cursor = <uint8_t *>block + block.hdr.bh1.offset_to_first_pkt
             while p.rx_left > 0:

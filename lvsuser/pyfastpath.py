@@ -337,7 +337,7 @@ def _addr(af: int, raw: bytes) -> model.IPAddress:
 class _Conn:
     __slots__ = ("protocol", "af", "caddr", "cport", "vaddr", "vport", "daddr", "dport", "svc",
                  "dest", "fwd", "state", "flags", "timeout", "expires", "in_ifindex", "client_mac",
-                 "local_mac", "control", "n_control", "tkey")
+                 "local_mac", "control", "n_control", "tkey", "last_end")
 
     def in_key(self):
         return (self.protocol, self.af, self.caddr, self.cport, self.vaddr, self.vport)
@@ -720,7 +720,7 @@ class Core:
         l2 = self._config.mode == MODE_L2
         conn.client_mac = bytes(buf[6:12]) if l2 else b""
         conn.local_mac = bytes(buf[0:6]) if l2 else b""
-        conn.control, conn.n_control, conn.tkey = None, 0, None
+        conn.control, conn.n_control, conn.tkey, conn.last_end = None, 0, None, 0
         # ip_vs_bind_dest: count the connection on its dest, maybe set overload.
         if flags & CONN_F_TEMPLATE:
             dest.persistconns += 1
@@ -746,12 +746,14 @@ class Core:
         template = conn.control
         if template is not None:
             template.n_control -= 1
+            template.last_end = max(template.last_end, conn.expires)
             conn.control = None
         self._unbind(conn)
         if template is not None and not template.n_control and now is not None \
                 and template.dest is not None:
-            # while this connection lived, every firing of the template's timer re-armed it
-            while template.timeout > 0 and template.expires < conn.expires:
+            # while any of its connections lived, every firing of the template's timer re-armed
+            # it: it goes at the first firing after the last of them ended
+            while template.timeout > 0 and template.expires < template.last_end:
                 template.expires += template.timeout * 1000
             if template.expires <= _ms(now):
                 self._expire_conn(template, now)

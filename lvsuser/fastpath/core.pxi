@@ -322,14 +322,20 @@ cdef void lvs_conn_expire(lvs_core *core, uint32_t idx, uint32_t now_ms) noexcep
             lvs_conn_unlink_out(t, idx, dest.addr)
         if c.control and t.entries[c.control].control > 0:
             template = c.control
-            t.entries[template].control -= 1
+            tc = &t.entries[template]
+            tc.control -= 1
+            # a template is never in the out-hash: its next_out keeps the latest end of the
+            # connections it controlled
+            if tc.next_out == 0 or lvs_time_after_eq(conn_end, tc.next_out):
+                tc.next_out = conn_end
     lvs_dest_uncount(dest, c.flags)
     lvs_conn_release(t, idx)
     if template and t.entries[template].control == 0:
-        # While this connection lived, every firing of the template's timer re-armed it.
+        # While any of its connections lived, every firing of the template's timer re-armed it:
+        # it goes at the first firing after the last of them ended.
         tc = &t.entries[template]
         step = lvs_conn_timeout_ms(core, tc)
-        while step and not lvs_time_after_eq(tc.expires, conn_end):
+        while step and not lvs_time_after_eq(tc.expires, tc.next_out):
             tc.expires += step
         if lvs_time_after_eq(now_ms, tc.expires):
             lvs_conn_expire(core, template, now_ms)

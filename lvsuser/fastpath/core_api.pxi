@@ -834,6 +834,14 @@ cdef class Core:
             free(batch)
             free(arena)
 
+    def _entries(self):
+        """Raw table entries (index, flags, control, expires ms, state, cport, vport) for tests."""
+        cdef lvs_conntab *ct = &self.c.conns
+        cdef uint32_t i
+        return [(i, ct.entries[i].flags, ct.entries[i].control, ct.entries[i].expires,
+                 ct.entries[i].state, ct.entries[i].cport, ct.entries[i].vport)
+                for i in range(1, ct.high_water + 1) if ct.entries[i].flags & LVS_CONN_USED]
+
     @staticmethod
     def conn_entry_size():
         """Bytes per connection-table entry (the layout is in conntab.pxi)."""

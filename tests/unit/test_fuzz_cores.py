@@ -59,6 +59,10 @@ def seed_frames() -> list[bytes]:
                               / ARP(op=1, hwsrc=CLIENT_MAC, psrc=a["client"], pdst=a["vip"])))
             frames.append(raw(eth_in / Dot1Q(vlan=3) / IP(src=a["client"], dst=a["vip"], ttl=1)
                               / TCP(dport=80, flags="S")))
+            tunneled = raw(IP(src=a["dip"], dst=a["rs"][0], proto=4)
+                           / IP(src=a["client"], dst=a["vip"], flags="DF") / UDP(sport=1234, dport=53))
+            frames.append(raw(eth_rs / IP(src="198.18.1.254", dst=a["dip"])
+                              / ICMP(type=3, code=4, nexthopmtu=1300) / tunneled))
         else:
             frames.append(raw(eth_in / IPv6(src=a["client"], dst=a["vip"]) / ICMPv6DestUnreach() / quote))
             frames.append(raw(eth_in / IPv6(src=a["client"], dst=a["vip"]) / IPv6ExtHdrHopByHop()

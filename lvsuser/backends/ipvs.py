@@ -25,6 +25,7 @@ and IPv6 rows; the latter are printed with %pI6, eight groups of four hex digits
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import ipaddress
 import os
@@ -580,6 +581,22 @@ class IPVSBackend(Backend):
         attrs = [("IPVS_DAEMON_ATTR_STATE", DAEMON_STATES[daemon.state]),
                  ("IPVS_DAEMON_ATTR_MCAST_IFN", daemon.mcast_ifn),
                  ("IPVS_DAEMON_ATTR_SYNC_ID", daemon.syncid)]
+        # Optional settings (ipvsadm --sync-maxlen, --mcast-group/port/ttl), sent when the model
+        # carries them; the kernel picks its defaults for the rest.
+        maxlen = getattr(daemon, "sync_maxlen", 0)
+        if maxlen:
+            attrs.append(("IPVS_DAEMON_ATTR_SYNC_MAXLEN", maxlen))
+        group = getattr(daemon, "mcast_group", None)
+        if group:
+            group = ipaddress.ip_address(group)
+            attrs.append(("IPVS_DAEMON_ATTR_MCAST_GROUP6" if group.version == 6
+                          else "IPVS_DAEMON_ATTR_MCAST_GROUP", group.packed))
+        port = getattr(daemon, "mcast_port", 0)
+        if port:
+            attrs.append(("IPVS_DAEMON_ATTR_MCAST_PORT", port))
+        ttl = getattr(daemon, "mcast_ttl", 0)
+        if ttl:
+            attrs.append(("IPVS_DAEMON_ATTR_MCAST_TTL", ttl))
         self._request(CMD_NEW_DAEMON, [("IPVS_CMD_ATTR_DAEMON", {"attrs": attrs})])
 
     def stop_daemon(self, state: str) -> None:
@@ -597,10 +614,22 @@ class IPVSBackend(Backend):
             if attrs is None:
                 continue
             state = names.get(attrs.get_attr("IPVS_DAEMON_ATTR_STATE"))
-            if state is not None:
-                daemons.append(SyncDaemon(state=state,
-                                          mcast_ifn=attrs.get_attr("IPVS_DAEMON_ATTR_MCAST_IFN"),
-                                          syncid=attrs.get_attr("IPVS_DAEMON_ATTR_SYNC_ID") or 0))
+            if state is None:
+                continue
+            values = {"state": state, "mcast_ifn": attrs.get_attr("IPVS_DAEMON_ATTR_MCAST_IFN"),
+                      "syncid": attrs.get_attr("IPVS_DAEMON_ATTR_SYNC_ID") or 0}
+            group = (attrs.get_attr("IPVS_DAEMON_ATTR_MCAST_GROUP6")
+                     or attrs.get_attr("IPVS_DAEMON_ATTR_MCAST_GROUP"))
+            optional = {
+                "sync_maxlen": attrs.get_attr("IPVS_DAEMON_ATTR_SYNC_MAXLEN"),
+                "mcast_group": ipaddress.ip_address(bytes(group)) if group else None,
+                "mcast_port": attrs.get_attr("IPVS_DAEMON_ATTR_MCAST_PORT"),
+                "mcast_ttl": attrs.get_attr("IPVS_DAEMON_ATTR_MCAST_TTL"),
+            }
+            # The kernel reports maxlen/group/port/ttl too; pass them on where the model has room.
+            known = {field.name for field in dataclasses.fields(SyncDaemon)}
+            values.update({k: v for k, v in optional.items() if k in known and v is not None})
+            daemons.append(SyncDaemon(**values))
         return daemons
 
     def close(self) -> None:

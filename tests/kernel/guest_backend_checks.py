@@ -166,6 +166,21 @@ def check_batch_rollback(backend) -> dict:
     return {"failed": failed, "before": before, "after": after}
 
 
+def check_sync_daemon(backend) -> dict:
+    """Start/list/stop the sync daemon through the backend, beside ipvsadm doing the same."""
+    from lvsuser.model import SyncDaemon
+
+    ipvsadm(["--start-daemon", "backup", "--mcast-interface", "lo", "--syncid", "9"], check=True)
+    by_ipvsadm = ipvsadm(["-L", "--daemon"]).stdout
+    ipvsadm(["--stop-daemon", "backup"], check=True)
+    backend.start_daemon(SyncDaemon(state="backup", mcast_ifn="lo", syncid=9))
+    by_backend = ipvsadm(["-L", "--daemon"]).stdout
+    listed = [(d.state, d.mcast_ifn, d.syncid) for d in backend.get_daemons()]
+    backend.stop_daemon("backup")
+    return {"by_ipvsadm": by_ipvsadm, "by_backend": by_backend, "listed": listed,
+            "after_stop": ipvsadm(["-L", "--daemon"]).stdout}
+
+
 def main() -> int:
     backend = IPVSBackend()
     report = {"info": backend.get_info(), "cases": []}
@@ -188,6 +203,7 @@ def main() -> int:
             "dests_read_back": sum(len(s.dests) for s in services),
         })
     report["batch"] = check_batch_rollback(backend)
+    report["daemon"] = check_sync_daemon(backend)
     reset()
     report["timeouts_default"] = vars(backend.get_timeouts())
     report["get_service_missing"] = backend.get_service(

@@ -117,6 +117,14 @@ def test_backend_batch_rolls_back(guest_run):
         assert after == before, f"listing {index} changed by a refused batch"
 
 
+def test_backend_sync_daemon(guest_run):
+    daemon = guest_run["backend"]["daemon"]
+    assert daemon["by_ipvsadm"].startswith("backup sync daemon (mcast=lo, syncid=9")
+    assert daemon["by_backend"] == daemon["by_ipvsadm"]
+    assert daemon["listed"] == [["backup", "lo", 9]]
+    assert daemon["after_stop"] == ""
+
+
 def test_traffic_counters_and_connections_read_back(guest_run):
     """After real UDP and TCP traffic through kernel IPVS, lvsuser's ipvsadm on IPVSBackend prints
     the same counters, connection counts and connection entries as the real ipvsadm."""

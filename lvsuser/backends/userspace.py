@@ -20,6 +20,7 @@ routes, sysctls, the TUN device.  It is idempotent and also runs from ``atexit``
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import ipaddress
 import logging
@@ -278,24 +279,48 @@ class UserspaceBackend(TableBackend):
                 tuple(config.mark_rules), config.mode, tuple(sorted(ifnames)),
                 tuple(sorted(getattr(self, "_tun_proxies", ()))))
 
+    @contextlib.contextmanager
+    def _netlink(self):
+        """A netlink handle for this call only.  pyroute2 (0.9) opens its socket in, and for,
+        the thread that uses it, so one long-lived handle used from the control server's
+        short-lived threads would leave a socket behind per change."""
+        from pyroute2 import IPRoute
+
+        ipr = IPRoute()
+        saved = self.resolver
+        self.resolver = Resolver(ipr)
+        if self._tunroutes is not None:
+            self._tunroutes.ipr = ipr
+        try:
+            yield ipr
+        finally:
+            self.resolver = saved
+            if self._tunroutes is not None:
+                self._tunroutes.ipr = saved.ipr
+            ipr.close()
+
     def _republish(self) -> None:
         with self._lock:
             if self._closed:
                 return
-            config, ifnames = self._build_config()
-            key = self._fingerprint(config, ifnames)
-            if key == self._published_key:
-                return
-            config.validate()
-            with self._core_lock:
-                self.core.publish(config)
-            if self._guard is not None:
-                self._guard.apply(ifnames, guard_mod.service_rules(config.services, config.mark_rules))
-            if self._tunroutes is not None:
-                self._tunroutes.apply(config.services, config.mark_rules, self._local_vip_families)
-                self._tunroutes.apply_proxies(
-                    list(self._tun_proxies), {idx: info["name"] for idx, info in self.interfaces.items()})
-            self._published_key = key
+            with self._netlink():
+                self._republish_locked()
+
+    def _republish_locked(self) -> None:
+        config, ifnames = self._build_config()
+        key = self._fingerprint(config, ifnames)
+        if key == self._published_key:
+            return
+        config.validate()
+        with self._core_lock:
+            self.core.publish(config)
+        if self._guard is not None:
+            self._guard.apply(ifnames, guard_mod.service_rules(config.services, config.mark_rules))
+        if self._tunroutes is not None:
+            self._tunroutes.apply(config.services, config.mark_rules, self._local_vip_families)
+            self._tunroutes.apply_proxies(
+                list(self._tun_proxies), {idx: info["name"] for idx, info in self.interfaces.items()})
+        self._published_key = key
 
     # --- run-time state from the core -----------------------------------------------------
     def _fill_live_state(self, services: list[model.Service]) -> None:
@@ -352,7 +377,8 @@ class UserspaceBackend(TableBackend):
         if self._guard is not None:
             self._guard.remove()
         if self._tunroutes is not None:
-            self._tunroutes.close()
+            with self._netlink():
+                self._tunroutes.close()
         self.resolver.close()
         parent = getattr(super(), "close", None)
         if parent is not None:

@@ -224,3 +224,37 @@ def test_afpacket_driver_forwards_tso_and_partial_checksums(topo, tx):
     for reason in ("drop_truncated", "drop_tx_full", "drop_tx_too_big", "drop_tx_no_ring"):
         assert stats[reason] == 0, stats
     assert core.seen > 0
+
+
+def test_daemon_keeps_no_descriptor_per_change(topo, tmp_path):
+    """Each `ipvsadm` change republishes from a short-lived control thread; nothing it opens
+    (netlink handles, probe sockets) may stay behind."""
+    import os
+
+    dr, peer = topo.add_ns("dr"), topo.add_ns("pe")
+    topo.veth(dr, "eth0", peer, "eth0")
+    topo.addr(dr, "eth0", "198.18.3.1/24")
+    sock = str(tmp_path / "control.sock")
+    proc = topo.popen(dr, [sys.executable, "-m", "lvsuser", "run", "--control", sock],
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert wait_for(lambda: os.path.exists(sock), timeout=10)
+    env = dict(os.environ, LVSUSER_CONTROL=sock)
+
+    def ipvsadm(*args):
+        result = topo.run(dr, [sys.executable, "-m", "lvsuser", "ipvsadm", *args], env=env)
+        assert result.returncode == 0, result.stderr
+
+    def descriptors():
+        return len(os.listdir(f"/proc/{proc.pid}/fd"))
+
+    ipvsadm("-A", "-t", "198.18.3.10:80")
+    ipvsadm("-a", "-t", "198.18.3.10:80", "-r", "198.18.3.20", "-m")
+    time.sleep(1.5)  # let the monitor's first refresh happen
+    before = descriptors()
+    for n in range(21, 51):
+        ipvsadm("-a", "-t", "198.18.3.10:80", "-r", f"198.18.3.{n}", "-m")
+    time.sleep(1.5)
+    after = descriptors()
+    proc.terminate()
+    assert proc.wait(timeout=10) == 0
+    assert after - before < 10, f"{after - before} descriptors more after 30 changes"

@@ -258,3 +258,30 @@ def test_daemon_keeps_no_descriptor_per_change(topo, tmp_path):
     proc.terminate()
     assert proc.wait(timeout=10) == 0
     assert after - before < 10, f"{after - before} descriptors more after 30 changes"
+
+
+def test_interface_option_narrows_and_unknown_name_is_refused(topo, tmp_path):
+    import os
+
+    dr, a, b = topo.add_ns("dr"), topo.add_ns("pa"), topo.add_ns("pb")
+    topo.veth(dr, "eth0", a, "eth0")
+    topo.veth(dr, "eth1", b, "eth0")
+    sock = str(tmp_path / "control.sock")
+    bad = topo.run(dr, [sys.executable, "-m", "lvsuser", "run", "--control", sock,
+                        "--interface", "nosuch0"], timeout=20)
+    assert bad.returncode != 0 and "nosuch0" in bad.stderr, bad
+    proc = topo.popen(dr, [sys.executable, "-m", "lvsuser", "run", "--control", sock,
+                           "--interface", "eth1"],
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: os.path.exists(sock), timeout=10)
+        env = dict(os.environ, LVSUSER_CONTROL=sock)
+        added = topo.run(dr, [sys.executable, "-m", "lvsuser", "ipvsadm", "-A", "-u",
+                              "198.18.3.10:53"], env=env)
+        assert added.returncode == 0, added.stderr
+        ruleset = wait_for(lambda: (lambda text: text if "198.18.3.10" in text else "")(
+            topo.run(dr, ["nft", "list", "ruleset"]).stdout), timeout=5)
+        assert 'device "eth1"' in ruleset and 'device "eth0"' not in ruleset, ruleset
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0

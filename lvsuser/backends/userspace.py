@@ -95,10 +95,10 @@ class UserspaceBackend(TableBackend):
         self.io = io
         self._fastpath = _drivers_module()
         self.core = core if core is not None else _load_core()
-        # Publishing shares TableBackend's lock: _changed() already runs under it, and the
-        # monitor thread takes it too, so there is one lock order.
-        # Held around every call into the core from Python (publish, stats, and, for the pure
-        # Python core, each batch): the C core swaps tables itself, the reference core does not.
+        # Publishing takes TableBackend's lock (_changed() already runs under it, the monitor
+        # thread takes it too: one lock order).  _core_lock is held around every call into the
+        # core from Python (publish, stats, and for the pure-Python core each batch): the C core
+        # swaps its tables itself, the reference core does not.
         self._core_lock = threading.Lock()
         self._closed = False
         self._published_key = None
@@ -217,7 +217,13 @@ class UserspaceBackend(TableBackend):
         if parent is not None:
             parent()
         if not getattr(self, "_closed", True) and hasattr(self, "resolver"):
-            self._republish()
+            # The table change itself has succeeded; if the datapath cannot follow right now
+            # (nft refused, netlink busy) say so and let the monitor's next refresh retry,
+            # rather than report a failure for a change that was made.
+            try:
+                self._republish()
+            except Exception:
+                log.exception("publishing the changed table failed; retrying on the next refresh")
 
     def _republish_quietly(self) -> None:
         if not self._closed:

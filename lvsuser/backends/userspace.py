@@ -119,7 +119,10 @@ class UserspaceBackend(TableBackend):
                 self._start_afpacket(links)
             else:
                 self._start_tun(tun_name)
-            self._republish()
+            try:
+                self._republish()
+            except guard_mod.GuardError as exc:
+                raise BackendUnavailable(f"cannot install the nftables guard: {exc}.") from exc
             self._monitor = Monitor(self._republish_quietly).start()
         except BaseException:
             self.close()

@@ -51,6 +51,7 @@ import struct
 from typing import Callable, Optional
 
 from lvsuser import model
+from lvsuser.schedulers.base import PacketInfo
 from lvsuser.fastpath.config import MODE_L2, CoreConfig, DestRoute
 
 # ------------------------------------------------------------------------------ public constants
@@ -162,22 +163,6 @@ FTP_PORT = 21  # ip_vs_sched_persist keys FTP templates without the port
 ICMP_PER_SEC, ICMP_BURST, ICMP_REFILL_MS = 1000, 50, 20  # net.ipv4.icmp_msgs_per_sec/_burst, HZ/50
 
 
-@dataclasses.dataclass(frozen=True)
-class _PktInfo:
-    """What a scheduler may look at for a new connection (addresses as ipaddress objects)."""
-
-    af: int
-    protocol: int
-    saddr: model.IPAddress
-    sport: int
-    daddr: model.IPAddress
-    dport: int
-
-
-try:  # the schedulers' own record type, when the scheduler package provides it
-    from lvsuser.schedulers.base import PacketInfo as PktInfo
-except ImportError:  # pragma: no cover - the same fields
-    PktInfo = _PktInfo
 
 
 # ------------------------------------------------------------------------------ checksums
@@ -618,7 +603,7 @@ class Core:
     def _pick(self, state: _ServiceState, pkt: _Packet, now: float):
         if state.scheduler is None:
             return None, "no_scheduler"
-        info = PktInfo(pkt.af, pkt.proto, _addr(pkt.af, pkt.saddr), pkt.sport,
+        info = PacketInfo(pkt.af, pkt.proto, _addr(pkt.af, pkt.saddr), pkt.sport,
                        _addr(pkt.af, pkt.daddr), pkt.dport)
         try:
             dest = state.scheduler.schedule(info, now)

@@ -603,8 +603,8 @@ cdef class Core:
             dest.inactconns = s.dests[j].inactconns
             dest.persistconns = s.dests[j].persistconns
             dest.flags = s.dests[j].flags
-        info = _pyfastpath.PktInfo(af, proto, _pyfastpath._addr(af, saddr), sport,
-                                   _pyfastpath._addr(af, daddr), dport)
+        info = _pyfastpath.PacketInfo(af, proto, _pyfastpath._addr(af, saddr), sport,
+                                      _pyfastpath._addr(af, daddr), dport)
         chosen = plugin.schedule(info, now)
         if chosen is None:
             return -1

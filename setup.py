@@ -43,7 +43,7 @@ setup(
         annotate=os.environ.get("LVSUSER_ANNOTATE") == "1",
         compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True,
                              "initializedcheck": False},
-        include_path=["lvsuser", "lvsuser/fastpath"],
+        include_path=[".", "lvsuser", "lvsuser/fastpath"],
     ),
     install_requires=["pyroute2>=0.7.10", "scapy>=2.5"],
     entry_points={

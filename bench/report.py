@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 
+from bench.profile import diagnose, summarize
 from bench.runner import METRICS
 
 HOST_BASELINES = ("forward", "nft-dnat")
@@ -59,10 +60,17 @@ def _limit(report: dict, name: str, metric: str) -> str:
     shares = sorted(d["director_cpu"] for d in details if "director_cpu" in d)
     if shares:
         share = shares[len(shares) // 2]
-        facts.append(f"the director process used {share:.0%} of one CPU during this metric"
-                     + (" (saturated: the director's own work is the limit)" if share > 0.85 else
-                        " (not saturated: the limit is waiting, batching or a timer, or the "
-                        "path outside the process)"))
+        fact = f"the director process used {share:.0%} of one CPU during this metric"
+        rates = [(d["delivered_pps"], d["offered_pps"]) for d in details if d.get("offered_pps")]
+        if rates:
+            delivered, offered = sorted(rates)[len(rates) // 2]
+            fact += f"; {diagnose(share, delivered, offered)}"
+        elif share > 0.85:
+            fact += " (saturated: the director's own work is the limit)"
+        else:
+            fact += (" (not saturated: the time goes to waiting -- batching, a timer, wakeups -- "
+                     "not to the director's own work)")
+        facts.append(fact)
     profile = report.get("profiles", {}).get(name)
     if profile:
         facts.append("profile of a packet-rate run: " + profile["summary"])
@@ -138,6 +146,10 @@ def markdown(report: dict) -> str:
                       "shares the client's CPU with veth delivery, so offered also falls when "
                       "the path is slow):", "",
                   "| candidate | udp_flows | udp_newflows |", "|---|---|---|"] + loss_rows
+    if any(c.get("guest") and c["runs"] for c in report["candidates"].values()):
+        lines += ["", "Guest rows: TCG emulation, many times slower than the host, where every "
+                      "counter read takes a good part of a second; delivered/offered above 100% "
+                      "there is that timing error. Compare guest rows only with each other."]
     for baseline in HOST_BASELINES + tuple(report.get("guest_baselines", ())):
         base = report["candidates"].get(baseline)
         if not base or not base["runs"]:
@@ -252,6 +264,10 @@ def plot(report: dict, path: str) -> None:
 def write(report: dict, out_dir: str) -> dict[str, str]:
     """Write report.json, report.md and report.png into OUT_DIR; returns their paths."""
     os.makedirs(out_dir, exist_ok=True)
+    for profile in report.get("profiles", {}).values():  # the wording follows this version
+        if {"busy", "delivered_pps", "offered_pps", "shares"} <= set(profile):
+            profile["summary"] = summarize(profile["busy"], profile["delivered_pps"],
+                                           profile["offered_pps"], profile["shares"])
     report["targets"] = evaluate_targets(report)
     paths = {kind: os.path.join(out_dir, f"report.{kind}") for kind in ("json", "md", "png")}
     with open(paths["json"], "w") as f:

@@ -6,7 +6,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 export DEBIAN_FRONTEND=noninteractive
 apt_pkgs=(iproute2 nftables tcpdump curl ethtool
           qemu-system-x86 linux-image-amd64 busybox-static ipvsadm kmod
-          nginx-light wrk netsniff-ng)
+          nginx-light wrk netsniff-ng linux-perf)
 missing=()
 for p in "${apt_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

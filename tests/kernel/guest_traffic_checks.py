@@ -17,6 +17,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
@@ -103,6 +104,13 @@ def main() -> int:
     traffic = make_traffic()
     backend = IPVSBackend()
     try:
+        # The kernel sums its per-CPU counters into what it reports from the rate estimator's
+        # timer (every 2 s): wait, bounded, until the counters have caught up with the traffic.
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            if all(s.stats.conns >= 2 for s in backend.get_services()):
+                break
+            time.sleep(0.5)
         rows = backend.get_connections()
         listings = [{"args": args, "real": real(args), "ours": ours(args, backend)}
                     for args in LISTINGS]

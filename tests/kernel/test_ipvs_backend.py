@@ -91,9 +91,13 @@ def test_backend_info(guest_run):
     assert report["info"] == {"version": [1, 2, 1], "conn_tab_size": 4096}
     assert report["timeouts_default"] == {"tcp": 900, "tcp_fin": 120, "udp": 300}
     assert report["get_service_missing"] is None
+    assert len(report["cases"]) == BACKEND_CASES
 
 
-@pytest.mark.parametrize("case", range(10))
+BACKEND_CASES = 10  # len(guest_backend_checks.CASES); the guest reports each
+
+
+@pytest.mark.parametrize("case", range(BACKEND_CASES))
 def test_backend_matches_ipvsadm(guest_run, case):
     report = guest_run["backend"]["cases"][case]
     name = report["name"]

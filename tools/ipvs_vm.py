@@ -275,13 +275,18 @@ echo b > /proc/sysrq-trigger
 
 
 def _carry_dirs() -> list[str]:
-    """Top-level entries of /root that the guest needs back: the one holding the interpreter."""
+    """Host directories under the guest's tmpfs mounts that the guest needs back: the top-level
+    entry of /root holding the interpreter, and this checkout (CI may clone it under /tmp)."""
     carried = []
-    for path in {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)}:
+    for path in sorted({os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)}):
         if path.startswith("/root/"):
             top = "/root/" + path[len("/root/"):].split("/")[0]
             if top not in carried:
                 carried.append(top)
+    checkout = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    hidden = any(checkout == d or checkout.startswith(d + "/") for d in WRITABLE_DIRS)
+    if hidden and not any(checkout == c or checkout.startswith(c + "/") for c in carried):
+        carried.append(checkout)
     return carried
 
 

@@ -209,6 +209,8 @@ class Resolver:
     """The C library's name services, as ipvsadm calls them; tests substitute their own."""
 
     def host_to_addr(self, name: str) -> Optional[bytes]:
+        if not name:  # glibc's gethostbyname("") fails; Python's answers 0.0.0.0 (INADDR_ANY)
+            return None
         try:
             return socket.inet_aton(socket.gethostbyname(name))
         except (OSError, UnicodeError, ValueError):

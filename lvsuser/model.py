@@ -205,9 +205,15 @@ class Timeouts:
 
 @dataclasses.dataclass
 class SyncDaemon:
+    """A connection-sync daemon (`ipvsadm --start-daemon`); zero/None = the kernel's default."""
+
     state: str  # "master" or "backup"
     mcast_ifn: str
     syncid: int = 0
+    sync_maxlen: int = 0
+    mcast_group: Optional[IPAddress] = None
+    mcast_port: int = 0
+    mcast_ttl: int = 0
 
 
 class IPVSError(Exception):

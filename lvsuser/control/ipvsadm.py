@@ -1456,8 +1456,17 @@ def list_timeout(session: _Session) -> None:
 
 def list_daemon(session: _Session) -> None:
     for daemon in _call(session, "get_daemons"):
-        session.out.write(f"{daemon.state} sync daemon (mcast={daemon.mcast_ifn}, "
-                          f"syncid={daemon.syncid})\n")
+        # ipvsadm prints the optional settings only when the kernel reports them.
+        line = f"{daemon.state} sync daemon (mcast={daemon.mcast_ifn}, syncid={daemon.syncid}"
+        if daemon.sync_maxlen:
+            line += f", maxlen={daemon.sync_maxlen}"
+        if daemon.mcast_group is not None:
+            line += f", group={daemon.mcast_group}"
+        if daemon.mcast_port:
+            line += f", port={daemon.mcast_port}"
+        if daemon.mcast_ttl:
+            line += f", ttl={daemon.mcast_ttl}"
+        session.out.write(line + ")\n")
 
 
 def run_command(ce: CommandEntry, session: _Session, argv: list[str], reading_stdin: bool) -> int:
@@ -1491,7 +1500,12 @@ def run_command(ce: CommandEntry, session: _Session, argv: list[str], reading_st
     if ce.cmd in (CMD_STARTDAEMON, CMD_STOPDAEMON):
         op = "start_daemon" if ce.cmd == CMD_STARTDAEMON else "stop_daemon"
         state = "master" if ce.daemon.state == STATE_MASTER else "backup"
-        arg = (model.SyncDaemon(state=state, mcast_ifn=ce.daemon.mcast_ifn, syncid=ce.daemon.syncid)
+        d = ce.daemon
+        arg = (model.SyncDaemon(state=state, mcast_ifn=d.mcast_ifn, syncid=d.syncid,
+                                sync_maxlen=d.sync_maxlen, mcast_port=d.mcast_port,
+                                mcast_ttl=d.mcast_ttl,
+                                mcast_group=ipaddress.ip_address(d.mcast_group)
+                                if d.mcast_group else None)
                if op == "start_daemon" else state)
         try:
             _call(session, op, arg)

@@ -15,6 +15,7 @@ missing or broken gives a clear message instead of breaking the others.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Optional
 
@@ -41,8 +42,18 @@ _DELEGATES = {
 }
 
 
+def _checkout_on_path() -> None:
+    """The benchmarks live beside the package in the source checkout (bench/), not inside it:
+    an editable install finds them there whatever the current directory."""
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.isfile(os.path.join(checkout, "bench", "__main__.py")) and checkout not in sys.path:
+        sys.path.insert(0, checkout)
+
+
 def _load(command: str):
     module_name, function = _DELEGATES[command]
+    if command == "bench":
+        _checkout_on_path()
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -14,6 +14,8 @@ import pytest
 
 from lvsuser.lab.netns import Topology
 
+LVSUSER = [sys.executable, "-m", "lvsuser"]
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -106,7 +108,30 @@ def wait_for(predicate, timeout: float = 5.0, step: float = 0.05):
         time.sleep(step)
 
 
+class ForwardingTopology(Topology):
+    """A Topology that also undoes `lvsuser realserver` on the hosts it set up, before the
+    namespaces go: the real-server state under /run/lvsuser would otherwise outlive them."""
+
+    def __init__(self, prefix: str):
+        super().__init__(prefix)
+        self._realservers: list[tuple[str, str]] = []
+
+    def realserver(self, ns: str, mode: str, *args: str) -> None:
+        result = self.run(ns, LVSUSER + ["realserver", mode, *args], timeout=30)
+        if result.returncode != 0:
+            raise AssertionError(f"lvsuser realserver {mode} failed: {result.stdout}{result.stderr}")
+        self._realservers.append((ns, mode))
+
+    def close(self) -> None:
+        try:
+            while self._realservers:
+                ns, mode = self._realservers.pop()
+                self.run(ns, LVSUSER + ["realserver", mode, "--undo"], timeout=30)
+        finally:  # the namespaces go whatever happened above
+            super().close()
+
+
 @pytest.fixture
 def topo():
-    with Topology("t") as topology:
+    with ForwardingTopology("t") as topology:
         yield topology

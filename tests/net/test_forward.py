@@ -142,7 +142,7 @@ def build_nat(topo, local_vip=True):
     topo.sysctl(dr, "net.ipv4.ip_forward", 1)
     for n, ns in enumerate(rs):
         topo.addr(ns, "eth0", f"198.18.1.{11 + n}/24")
-        realserver(topo, ns, "nat", "--director", "198.18.1.1")
+        topo.realserver(ns, "nat", "--director", "198.18.1.1")
     return cl, dr, rs
 
 
@@ -158,14 +158,10 @@ def build_segment(topo, mode, local_vip=True):
     if local_vip:
         topo.addr(dr, "eth0", f"{VIP_SEG}/32")  # the guide's eth0:0
     for ns in rs:
-        realserver(topo, ns, mode, "--vip", VIP_SEG)
+        topo.realserver(ns, mode, "--vip", VIP_SEG)
     return cl, dr, rs
 
 
-def realserver(topo, ns, mode, *args):
-    result = topo.run(ns, LVSUSER + ["realserver", mode, *args], timeout=30)
-    if result.returncode != 0:
-        raise AssertionError(f"lvsuser realserver {mode} failed: {result.stdout}{result.stderr}")
 
 
 # --------------------------------------------------------------------------- client actions
@@ -454,7 +450,7 @@ def test_interface_added_after_start(topo, tmp_path, sock_path, lvsuser_ready):
         topo.veth(dr, "eth1", rs1, "eth0")
         topo.addr(dr, "eth1", "198.18.1.1/24")
         topo.addr(rs1, "eth0", "198.18.1.11/24")
-        realserver(topo, rs1, "nat", "--director", "198.18.1.1")
+        topo.realserver(rs1, "nat", "--director", "198.18.1.1")
         start_realserver(topo, rs1, "rs1", "0.0.0.0")
         director.ipvsadm("-A", "-t", f"{VIP_NAT}:80", "-s", "rr")
         director.ipvsadm("-a", "-t", f"{VIP_NAT}:80", "-r", "198.18.1.11:80", "-m")

@@ -1,20 +1,23 @@
-# AF_PACKET driver: TPACKET_V3 mmap RX ring + TPACKET_V2 mmap TX ring per interface.
+# AF_PACKET driver: TPACKET_V2 mmap RX and TX rings per interface.
 #
 # Theory of operation
 # -------------------
 # Per served interface there are two sockets:
-#   * RX: ETH_P_ALL, bound to the interface, TPACKET_V3 ring of large blocks (the kernel fills a
-#     block with many frames and hands it over whole: one poll wake-up per block, not per frame);
+#   * RX: ETH_P_ALL, bound to the interface, TPACKET_V2 ring of MTU-sized slots, each with its
+#     own status word: the kernel wakes poll() as soon as one frame is ready, and a wake-up walks
+#     every ready slot into one batch, so a lone packet is handled at once and a burst still costs
+#     one wake-up per batch.  (TPACKET_V3 hands over whole blocks only when they fill or when the
+#     retire timer fires, at least 1 ms later: a lone packet waited for it, +1 ms per request.)
 #     PACKET_IGNORE_OUTGOING so we never see our own transmissions nor the director's own traffic.
-#     A super-frame from a TSO sender on veth is up to 64 KiB, so blocks are bigger than that.
+#     A super-frame from a TSO sender on veth is up to 64 KiB, larger than a slot: with
+#     PACKET_COPY_THRESH set, the kernel then also queues the whole frame on the socket and marks
+#     the (truncated) slot TP_STATUS_COPY; we recv() that copy, in order, in its place.
 #   * TX: protocol 0 (it receives nothing), TPACKET_V2 ring, PACKET_QDISC_BYPASS (no qdisc: the
 #     frame goes straight to the driver's xmit).  We fill slots and kick with one send() per batch.
 #     (tx="mmsg" instead hands the batch's frames to one sendmmsg() without a ring: measured here
 #     it is slower on veth, so the ring is the default; the option stays for other NICs.)
 # Frames we send this way bypass the qdisc layer and so never appear in a capture on the director
 # (tcpdump -Q out there shows only what the director's own kernel sends; the tests rely on it).
-# The kernel retires a partly filled RX block after a short timeout (retire_blk_tov), which bounds
-# the latency a lone packet sees.
 #
 # The nftables guard (lvsuser/director/guard.py) drops VIP traffic in netdev ingress; the RX tap
 # runs before that hook, so the ring still sees what the kernel no longer does.
@@ -72,42 +75,14 @@ cdef extern from "<linux/if_packet.h>" nogil:
         unsigned char sll_pkttype
         unsigned char sll_halen
         unsigned char sll_addr[8]
-    struct tpacket_stats_v3:
+    struct tpacket_stats:
         unsigned int tp_packets
         unsigned int tp_drops
-        unsigned int tp_freeze_q_cnt
     struct tpacket_req:
         unsigned int tp_block_size
         unsigned int tp_block_nr
         unsigned int tp_frame_size
         unsigned int tp_frame_nr
-    struct tpacket_req3:
-        unsigned int tp_block_size
-        unsigned int tp_block_nr
-        unsigned int tp_frame_size
-        unsigned int tp_frame_nr
-        unsigned int tp_retire_blk_tov
-        unsigned int tp_sizeof_priv
-        unsigned int tp_feature_req_word
-    struct tpacket_hdr_v1:
-        uint32_t block_status
-        uint32_t num_pkts
-        uint32_t offset_to_first_pkt
-    union tpacket_bd_header_u:
-        tpacket_hdr_v1 bh1
-    struct tpacket_block_desc:
-        uint32_t version
-        uint32_t offset_to_priv
-        tpacket_bd_header_u hdr
-    struct tpacket3_hdr:
-        uint32_t tp_next_offset
-        uint32_t tp_sec
-        uint32_t tp_nsec
-        uint32_t tp_snaplen
-        uint32_t tp_len
-        uint32_t tp_status
-        uint16_t tp_mac
-        uint16_t tp_net
     struct tpacket2_hdr:
         uint32_t tp_status
         uint32_t tp_len
@@ -121,11 +96,12 @@ cdef extern from "<linux/if_packet.h>" nogil:
         PACKET_VERSION
         PACKET_QDISC_BYPASS
         PACKET_IGNORE_OUTGOING
+        PACKET_COPY_THRESH
         TPACKET_V2
-        TPACKET_V3
         TP_STATUS_KERNEL
         TP_STATUS_USER
         TP_STATUS_LOSING
+        TP_STATUS_COPY
         TP_STATUS_CSUMNOTREADY
         TP_STATUS_VLAN_VALID
         TP_STATUS_AVAILABLE
@@ -135,11 +111,26 @@ cdef extern from "<linux/if_packet.h>" nogil:
     int TPACKET_ALIGN(int)
 
 
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t recv(int sockfd, void *buf, size_t len, int flags)
+    enum:
+        MSG_TRUNC
+        SO_RCVBUFFORCE
+
+
+cdef extern from * nogil:
+    # the ring's status words are shared with the kernel: order our reads and writes around them
+    void __atomic_thread_fence(int order)
+    enum:
+        __ATOMIC_ACQUIRE
+        __ATOMIC_RELEASE
+
+
 cdef enum:
-    RX_BLOCK_SIZE = 1 << 18     # 256 KiB: several 64 KiB super-frames per block
-    RX_BLOCK_NR = 32            # 8 MiB of RX ring per interface
-    RX_FRAME_SIZE = 2048        # only used by the kernel for accounting in V3
-    RX_RETIRE_TOV_MS = 1        # hand a partly filled block over after 1 ms
+    RX_BLOCK_SIZE = 1 << 18     # 256 KiB blocks (the kernel allocates the ring per block)
+    RX_BLOCK_NR = 32            # 8 MiB of RX ring per interface: 4096 slots at MTU 1500
+    RX_COPY_MAX = 1 << 17       # largest super-frame taken whole (veth's GSO limit is 64 KiB)
+    RX_RCVBUF = 1 << 22         # socket buffer for those whole copies
     TX_FRAME_NR = 512
 
 
@@ -151,9 +142,11 @@ cdef struct afp_port:
     int tx_fd
     uint8_t *rx_ring
     size_t rx_ring_size
-    uint32_t rx_next_block
-    uint8_t *rx_cursor          # next frame in the block being consumed, NULL between blocks
-    uint32_t rx_left            # frames left in that block
+    uint32_t rx_frame_size
+    uint32_t rx_frame_nr
+    uint32_t rx_next            # next slot to look at
+    uint8_t *rx_copy            # RX_COPY_MAX bytes: the whole copy of an oversized frame
+    uint32_t rx_copy_len        # bytes of it not yet ingested (0: none pending)
     uint8_t *tx_ring
     size_t tx_ring_size
     uint32_t tx_frame_size
@@ -169,34 +162,47 @@ cdef struct afp_port:
 cdef int afp_open_port(afp_port *p) noexcept nogil:
     """Open and map both rings of one interface; returns 0 or an errno."""
     cdef int version, one = 1
-    cdef tpacket_req3 req3
+    cdef int rcvbuf = RX_RCVBUF
     cdef tpacket_req req
     cdef sockaddr_ll sll
     cdef void *ring
     p.rx_fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_P_ALL))
     if p.rx_fd < 0:
         return errno
-    version = TPACKET_V3
+    version = TPACKET_V2
     if setsockopt(p.rx_fd, SOL_PACKET, PACKET_VERSION, &version, sizeof(version)) < 0:
         return errno
     if setsockopt(p.rx_fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof(one)) < 0:
         return errno
-    memset(&req3, 0, sizeof(req3))
-    req3.tp_block_size = RX_BLOCK_SIZE
-    req3.tp_block_nr = RX_BLOCK_NR
-    req3.tp_frame_size = RX_FRAME_SIZE
-    req3.tp_frame_nr = (RX_BLOCK_SIZE / RX_FRAME_SIZE) * RX_BLOCK_NR
-    req3.tp_retire_blk_tov = RX_RETIRE_TOV_MS
-    if setsockopt(p.rx_fd, SOL_PACKET, PACKET_RX_RING, &req3, sizeof(req3)) < 0:
+    # any non-zero threshold turns the whole-copy of oversized frames on
+    if setsockopt(p.rx_fd, SOL_PACKET, PACKET_COPY_THRESH, &one, sizeof(one)) < 0:
         return errno
-    p.rx_ring_size = <size_t>RX_BLOCK_SIZE * RX_BLOCK_NR
+    # room for a few whole super-frames (best effort: without it a copy may be refused, counted
+    # as drop_truncated)
+    setsockopt(p.rx_fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof(rcvbuf))
+    p.rx_copy = <uint8_t *>malloc(RX_COPY_MAX)
+    if p.rx_copy == NULL:
+        return ENOMEM
+    p.rx_copy_len = 0
+    # a slot holds the TPACKET2 header and sockaddr_ll (the frame starts at tp_mac, about 66
+    # bytes in), then an MTU frame with a possible 802.1Q tag
+    p.rx_frame_size = 2048
+    while p.rx_frame_size < <uint32_t>128 + p.mtu + ETH_HLEN_ + 4:
+        p.rx_frame_size <<= 1
+    memset(&req, 0, sizeof(req))
+    req.tp_block_size = RX_BLOCK_SIZE if p.rx_frame_size <= RX_BLOCK_SIZE else p.rx_frame_size
+    req.tp_block_nr = RX_BLOCK_NR
+    req.tp_frame_size = p.rx_frame_size
+    req.tp_frame_nr = (req.tp_block_size / p.rx_frame_size) * req.tp_block_nr
+    if setsockopt(p.rx_fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof(req)) < 0:
+        return errno
+    p.rx_frame_nr = req.tp_frame_nr
+    p.rx_ring_size = <size_t>req.tp_block_size * req.tp_block_nr
     ring = mmap(NULL, p.rx_ring_size, PROT_READ | PROT_WRITE, MAP_SHARED, p.rx_fd, 0)
     if ring == MAP_FAILED:
         return errno
     p.rx_ring = <uint8_t *>ring
-    p.rx_next_block = 0
-    p.rx_cursor = NULL
-    p.rx_left = 0
+    p.rx_next = 0
     memset(&sll, 0, sizeof(sll))
     sll.sll_family = AF_PACKET
     sll.sll_protocol = htons(ETH_P_ALL)
@@ -264,12 +270,14 @@ cdef void afp_close_port(afp_port *p) noexcept nogil:
         p.tx_fd = -1
     free(p.mmsg)
     p.mmsg = NULL
+    free(p.rx_copy)
+    p.rx_copy = NULL
     free(p.iov)
     p.iov = NULL
 
 
 cdef void afp_count_ring_drops(afp_port *p, lvs_io_counters *ctr) noexcept nogil:
-    cdef tpacket_stats_v3 st
+    cdef tpacket_stats st
     cdef unsigned int stlen = sizeof(st)
     memset(&st, 0, sizeof(st))
     if getsockopt(p.rx_fd, SOL_PACKET, PACKET_STATISTICS, &st, &stlen) == 0:
@@ -449,44 +457,51 @@ cdef class AfPacketDriver:
                 return &self.ports[i]
         return NULL
 
-    # Move frames from one RX ring into the arena until the arena is full or the ring has no
-    # finished block.  A block can hold thousands of small frames, more than one batch: the port
-    # keeps a cursor into its current block and gives the block back once it is consumed.
+    # Move frames from one RX ring into the arena until the arena is full or no slot is ready;
+    # each slot goes back to the kernel once its frame is in the arena.
     # Returns 1 if the ring may have more (the caller flushes and calls again).
     cdef int _gather(self, afp_port *p) noexcept nogil:
-        cdef tpacket_block_desc *block
-        cdef tpacket3_hdr *pkt
+        cdef tpacket2_hdr *pkt
+        cdef ssize_t got
         cdef int used
         while True:
-            block = <tpacket_block_desc *>(p.rx_ring + <size_t>p.rx_next_block * RX_BLOCK_SIZE)
-            if (block.hdr.bh1.block_status & TP_STATUS_USER) == 0:
+            pkt = <tpacket2_hdr *>(p.rx_ring + <size_t>p.rx_next * p.rx_frame_size)
+            if (pkt.tp_status & TP_STATUS_USER) == 0:
                 return 0
-            if p.rx_cursor == NULL:
-                # LOSING stays set on every block until the drop counter is read (which resets
-                # it): read it then, so rx_ring_drops counts frames, not blocks
-                if block.hdr.bh1.block_status & TP_STATUS_LOSING:
-                    afp_count_ring_drops(p, &self.ctr)
-                p.rx_left = block.hdr.bh1.num_pkts
-                p.rx_cursor = <uint8_t *>block + block.hdr.bh1.offset_to_first_pkt
-            while p.rx_left > 0:
-                pkt = <tpacket3_hdr *>p.rx_cursor
-                if pkt.tp_snaplen < pkt.tp_len:
-                    self.ctr.drop_truncated += 1
-                elif pkt.tp_status & TP_STATUS_VLAN_VALID:
-                    pass    # a stripped 802.1Q tag: not ours to forward
-                else:
-                    used = io_ingest_ethernet(self.arena, <uint8_t *>pkt + pkt.tp_mac,
-                                              pkt.tp_snaplen, p.ifindex, p.mtu,
-                                              pkt.tp_status & TP_STATUS_CSUMNOTREADY, &self.ctr)
+            __atomic_thread_fence(__ATOMIC_ACQUIRE)     # read the frame only after its status
+            if pkt.tp_status & TP_STATUS_LOSING:
+                # the ring overflowed: reading the drop counter resets it and clears LOSING
+                afp_count_ring_drops(p, &self.ctr)
+            if pkt.tp_status & TP_STATUS_COPY:
+                # an oversized frame: the slot has its head, the socket queue the whole frame
+                if p.rx_copy_len == 0:
+                    got = recv(p.rx_fd, p.rx_copy, RX_COPY_MAX, MSG_DONTWAIT | MSG_TRUNC)
+                    if got <= 0 or got > RX_COPY_MAX:
+                        self.ctr.drop_truncated += 1
+                    elif (pkt.tp_status & TP_STATUS_VLAN_VALID) == 0:  # tagged: not ours
+                        p.rx_copy_len = <uint32_t>got
+                if p.rx_copy_len:
+                    used = io_ingest_ethernet(self.arena, p.rx_copy, p.rx_copy_len, p.ifindex,
+                                              p.mtu, pkt.tp_status & TP_STATUS_CSUMNOTREADY,
+                                              &self.ctr)
                     if used < 0:
-                        return 1    # arena full: flush, then resume at this frame
-                self.ctr.rx_frames += 1
-                self.ctr.rx_bytes += pkt.tp_len
-                p.rx_left -= 1
-                p.rx_cursor = p.rx_cursor + pkt.tp_next_offset
-            block.hdr.bh1.block_status = TP_STATUS_KERNEL
-            p.rx_cursor = NULL
-            p.rx_next_block = (p.rx_next_block + 1) % RX_BLOCK_NR
+                        return 1    # arena full: flush, then resume at this frame (copy kept)
+                    p.rx_copy_len = 0
+            elif pkt.tp_snaplen < pkt.tp_len:
+                self.ctr.drop_truncated += 1
+            elif pkt.tp_status & TP_STATUS_VLAN_VALID:
+                pass    # a stripped 802.1Q tag: not ours to forward
+            else:
+                used = io_ingest_ethernet(self.arena, <uint8_t *>pkt + pkt.tp_mac,
+                                          pkt.tp_snaplen, p.ifindex, p.mtu,
+                                          pkt.tp_status & TP_STATUS_CSUMNOTREADY, &self.ctr)
+                if used < 0:
+                    return 1    # arena full: flush, then resume at this frame
+            self.ctr.rx_frames += 1
+            self.ctr.rx_bytes += pkt.tp_len
+            __atomic_thread_fence(__ATOMIC_RELEASE)     # done with the frame before handing it back
+            pkt.tp_status = TP_STATUS_KERNEL
+            p.rx_next = (p.rx_next + 1) % p.rx_frame_nr
             if self.arena.count >= IO_BATCH:
                 return 1
 
@@ -542,7 +557,7 @@ cdef class AfPacketDriver:
             for i in range(n):
                 if fds[i].revents & POLLERR:
                     afp_clear_error(&self.ports[i], &self.ctr)
-            # Drain every ring, one batch at a time, until none has a finished block.
+            # Drain every ring, one batch at a time, until none has a ready frame.
             more = 1
             while more:
                 more = 0

@@ -28,6 +28,8 @@ import pytest
 
 from tests.kernel.conftest import REPO
 
+pytestmark = pytest.mark.kernel
+
 CACHE_KEY = "lvsuser/kernel/conn_differential_run"
 EXPIRY_TOLERANCE = 5  # seconds
 PHASES = ("open", "closed")

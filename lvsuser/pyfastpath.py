@@ -159,6 +159,12 @@ ICMP_DEFAULT_TTL = 64  # net.ipv4.ip_default_ttl / IPv6 hop limit for our own IC
 ICMP4_QUOTE_MAX = 576 - 20 - 8  # icmp_send: room in a 576-byte datagram
 ICMP6_QUOTE_MAX = 1280 - 40 - 8  # icmp6_send: the IPv6 minimum MTU
 EST_INTERVAL = 2.0  # ip_vs_est: rates are sampled every 2 seconds
+# One default expire() call does bounded work (it holds the core lock, so the datapath waits):
+# the compiled core visits at most EXPIRE_SLOTS table slots, and both cores free at most
+# EXPIRE_MAX_FREED entries (plus a template whose last connection went); the drivers call
+# expire() often enough that this still keeps up with heavy churn (io.pxi).
+EXPIRE_SLOTS = 1 << 15
+EXPIRE_MAX_FREED = 1024
 FTP_PORT = 21  # ip_vs_sched_persist keys FTP templates without the port
 ICMP_PER_SEC, ICMP_BURST, ICMP_REFILL_MS = 1000, 50, 20  # net.ipv4.icmp_msgs_per_sec/_burst, HZ/50
 
@@ -1179,16 +1185,20 @@ class Core:
 
     # ---------------------------------------------------------------- time, listings, stats
     def expire(self, now: float, budget: Optional[int] = None) -> int:
-        """Expire every connection whose time is up; run the rate estimator; return how many.
-        (`budget` bounds the compiled core's sweep; this reference always sweeps everything.)"""
-        gone = self._sweep(now)
+        """Expire connections whose time is up; run the rate estimator; return how many.
+        By default at most EXPIRE_MAX_FREED go per call (the rest on later calls, as in the
+        compiled core); with a `budget` (which bounds the compiled core's slot sweep) this
+        reference sweeps everything."""
+        gone = self._sweep(now, EXPIRE_MAX_FREED if budget is None else None)
         self._estimate(now)
         return gone
 
-    def _sweep(self, now: float) -> int:
+    def _sweep(self, now: float, max_freed: Optional[int] = None) -> int:
         before = self._counters["conn_expired"]
         now_ms = _ms(now)
         for conn in list(self._templates.values()) + list(self._conn_in.values()):
+            if max_freed is not None and self._counters["conn_expired"] - before >= max_freed:
+                break
             if conn.dest is None or conn.expires > now_ms:
                 continue  # already gone (with its last connection), or not due
             if conn.flags & CONN_F_TEMPLATE and conn.n_control:

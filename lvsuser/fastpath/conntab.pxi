@@ -18,8 +18,9 @@
 #
 # Expiry: each entry holds `expires` in milliseconds since the core's epoch (uint32: 49 days,
 # compared with wrap-safe signed differences).  A lookup that finds an expired entry expires it
-# on the spot; a sweep cursor visits a bounded number of slots per batch (and `expire()` visits
-# all of them), so no call ever stalls on a large table.
+# on the spot; a sweep cursor visits a bounded number of slots per batch, and `expire()` a bounded
+# number of slots and of freed entries per call (all of them with budget=0), so no call ever
+# stalls on a large table.
 #
 # The real server is not stored: (svc, dest) index the published tables, and daddr is read
 # from there.  A publish re-maps these indices for every entry (and expires entries whose real

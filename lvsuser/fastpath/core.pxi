@@ -35,6 +35,7 @@ cdef enum:
     ICMP_TTL = 64
     SWEEP_PER_FRAME = 4             # table slots the sweeper visits per frame
     SWEEP_WHEN_FULL = 4096          # ... and once more when the table is full
+    SWEEP_NO_LIMIT = 0xffffffff     # free whatever the visited slots hold that is due
     ICMP_PER_SEC = 1000             # net.ipv4.icmp_msgs_per_sec
     ICMP_BURST = 50                 # net.ipv4.icmp_msgs_burst
     ICMP_REFILL_MS = 20             # the kernel refills at most every HZ/50
@@ -342,11 +343,16 @@ cdef void lvs_conn_expire(lvs_core *core, uint32_t idx, uint32_t now_ms) noexcep
             core.counters[C_CONN_EXPIRED] += 1
 
 
-cdef void lvs_sweep(lvs_core *core, uint32_t now_ms, uint32_t budget) noexcept nogil:
-    """Visit `budget` slots from the cursor on; expire what is due (templates only when free)."""
+cdef void lvs_sweep(lvs_core *core, uint32_t now_ms, uint32_t budget,
+                    uint32_t max_freed) noexcept nogil:
+    """Visit `budget` slots from the cursor on; expire what is due (templates only when free).
+    Stops early once `max_freed` entries went (freeing is the costly part: unhashing touches
+    cold memory), so one call's work is bounded even when everything is due; the cursor stays
+    where it stopped and the next call carries on."""
     cdef lvs_conntab *t = &core.conns
     cdef lvs_conn *c
     cdef uint32_t i, step
+    cdef uint64_t stop_at = core.counters[C_CONN_EXPIRED] + max_freed
     if t.high_water == 0:
         return
     if budget > t.high_water:
@@ -365,6 +371,8 @@ cdef void lvs_sweep(lvs_core *core, uint32_t now_ms, uint32_t budget) noexcept n
         t.sweep_cursor += 1
         if t.sweep_cursor > t.high_water:
             t.sweep_cursor = 1
+        if core.counters[C_CONN_EXPIRED] >= stop_at:
+            return
 
 
 cdef void lvs_set_state(lvs_core *core, lvs_conn *c, uint8_t tcp_flags, int direction) noexcept nogil:
@@ -414,7 +422,7 @@ cdef uint32_t lvs_conn_new(lvs_core *core, uint32_t svc_idx, uint32_t dest_idx, 
     cdef lvs_conn *c
     cdef lvs_dest *dest = &core.tables.services[svc_idx].dests[dest_idx]
     if idx == 0:
-        lvs_sweep(core, now_ms, SWEEP_WHEN_FULL)
+        lvs_sweep(core, now_ms, SWEEP_WHEN_FULL, SWEEP_NO_LIMIT)
         idx = lvs_conn_alloc(t)
         if idx == 0:
             return 0

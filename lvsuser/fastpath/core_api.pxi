@@ -262,7 +262,7 @@ cdef int lvs_core_batch(lvs_core *core, lvs_frame *frames, int count, double now
     for i in range(count):
         if lvs_process_frame(core, &frames[i], now, False) >= LVS_TX:
             sending += 1
-    lvs_sweep(core, lvs_ms(core, now), <uint32_t>count * SWEEP_PER_FRAME)
+    lvs_sweep(core, lvs_ms(core, now), <uint32_t>count * SWEEP_PER_FRAME, SWEEP_NO_LIMIT)
     pthread_mutex_unlock(&core.lock)
     return sending
 
@@ -647,14 +647,17 @@ cdef class Core:
     def expire(self, double now, budget=None):
         """Expire what is due and run the rate estimator; returns how many connections went.
 
-        The sweep visits `budget` table slots from where the last one stopped (default 2**18,
-        about a millisecond, so a driver can call this every 250 ms on a 10**7-entry table
-        without a stall); budget=0 visits every slot.  Lookups expire stale entries on their
-        own, so a partial sweep never serves a dead connection."""
+        By default (budget=None) the sweep visits at most pyfastpath.EXPIRE_SLOTS table slots
+        from where the last one stopped and frees at most pyfastpath.EXPIRE_MAX_FREED entries:
+        well under a millisecond with the core lock held even when everything is due; the
+        drivers call it every IO_EXPIRE_INTERVAL_MS (io.pxi).  budget=N
+        visits N slots with no cap on frees; budget=0 visits every slot.  Lookups expire stale
+        entries on their own, so a partial sweep never serves a dead connection."""
         cdef uint64_t before
-        cdef uint32_t slots
+        cdef uint32_t slots, max_freed = SWEEP_NO_LIMIT
         if budget is None:
-            slots = 1 << 18
+            slots = _pyfastpath.EXPIRE_SLOTS
+            max_freed = _pyfastpath.EXPIRE_MAX_FREED
         elif budget == 0:
             slots = self.c.conns.capacity
         else:
@@ -662,7 +665,7 @@ cdef class Core:
         with nogil:
             pthread_mutex_lock(&self.c.lock)
             before = self.c.counters[C_CONN_EXPIRED]
-            lvs_sweep(self.c, lvs_ms(self.c, now), slots)
+            lvs_sweep(self.c, lvs_ms(self.c, now), slots, max_freed)
             before = self.c.counters[C_CONN_EXPIRED] - before
             pthread_mutex_unlock(&self.c.lock)
         self._estimate(now)

@@ -156,8 +156,11 @@ cdef class TunDriver:
         cdef int rc, more
         cdef uint64_t junk
         cdef double now, next_expire = 0.0
+        cdef int timeout_ms = idle_timeout_ms
+        cdef int expire_ms = IO_EXPIRE_INTERVAL_MS if self.has_c else IO_EXPIRE_INTERVAL_PY_MS
+        cdef bint backlog
         while True:
-            rc = poll(fds, 2, idle_timeout_ms)
+            rc = poll(fds, 2, timeout_ms)
             if rc < 0:
                 if errno == EINTR:
                     continue
@@ -173,8 +176,9 @@ cdef class TunDriver:
             now = io_now()
             if now >= next_expire:
                 with gil:
-                    io_core_tick_safe(self.core, self.core_lock, now, &self.ctr)
-                next_expire = now + IO_EXPIRE_INTERVAL_MS / 1000.0
+                    backlog = io_core_tick_safe(self.core, self.core_lock, now, &self.ctr)
+                next_expire = now + expire_ms / 1000.0
+                timeout_ms = expire_ms if backlog and expire_ms < idle_timeout_ms else idle_timeout_ms
 
     def run(self, int idle_timeout_ms=100):
         """Forward until stop().  The GIL is released once, around the whole loop."""

@@ -282,3 +282,37 @@ def test_local_node_dest_goes_to_the_directors_stack(core_cls):
     assert core.process(client_pkt(proto=UDP_P), IF_CLIENT, 0.0) == (PASS, None, 0)
     assert core.counters()["local_node"] == 1
     assert only_conn(core, 0.0)["state"] == "UDP"
+
+
+def test_default_expire_call_is_bounded_and_repeated_calls_free_everything(core_cls):
+    # A driver calls expire() with the core lock held: one default call must stay small even
+    # when the whole table is due at once, and calling again must finish the job.
+    due = 200_000
+    core = new_core(core_cls, make_config([make_service(fwd=DR, protocol=UDP_P)]),
+                    max_conns=due + 1024)
+    ports_per_client = 65536 - 1024
+    t = 10.0
+    for client in range(due // ports_per_client + 1):
+        # one scapy frame per client address, then only the source port bytes change (UDP
+        # checksum 0: nothing else to fix up)
+        frame = bytearray(raw(Ether(src=CLIENT_MAC, dst=DIR_CLIENT_MAC)
+                              / IP(src=f"198.18.200.{client + 1}", dst=ADDRS[V4]["vip"])
+                              / UDP(sport=1024, dport=80, chksum=0)))
+        sport_at = 14 + 20
+        for sport in range(1024, 1024 + min(ports_per_client, due - client * ports_per_client)):
+            frame[sport_at:sport_at + 2] = sport.to_bytes(2, "big")
+            assert core.process(bytes(frame), IF_CLIENT, t)[0] == TX
+    assert core.conn_count() == due
+    later = t + 300 + 1  # past the UDP timeout of every entry
+    first = core.expire(later)
+    assert 0 < first <= pyfastpath.EXPIRE_MAX_FREED
+    assert core.conn_count() == due - first
+    gone, calls = first, 1
+    while core.conn_count() and calls < 2 * due // pyfastpath.EXPIRE_MAX_FREED + 64:
+        freed = core.expire(later)
+        assert freed <= pyfastpath.EXPIRE_MAX_FREED
+        gone += freed
+        calls += 1
+    assert gone == due and core.conn_count() == 0
+    assert core.counters()["conn_expired"] == due
+    assert dest_counts(core) == (0, 0, 0)

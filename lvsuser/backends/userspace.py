@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import copy
+import errno
 import ipaddress
 import logging
 import os
@@ -213,6 +214,25 @@ class UserspaceBackend(TableBackend):
         self._tunroutes = TunRoutes(ipr, self._tun.ifindex, name, table)
         self._tunroutes.setup()
         self._start_thread(self._tun, "lvsuser-tun")
+
+    # --- real servers the I/O driver cannot serve -------------------------------------------
+    def _refuse_unservable_dest(self, dest: model.Dest) -> None:
+        # DR rewrites only the Ethernet destination, and the TUN device carries bare IP
+        # packets: such a real server would silently get nothing, so refuse it up front.
+        if self.io == IO_TUN and dest.fwd == model.Forward.ROUTE:
+            reason = (f"real server {dest.addr} refused: direct routing (-g) needs Ethernet "
+                      f"frames, which --io tun does not carry; use -m or -i, or run the "
+                      f"director with --io afpacket")
+            log.error("%s", reason)
+            raise model.IPVSError(errno.EINVAL, reason)
+
+    def add_dest(self, key: model.ServiceKey, dest: model.Dest) -> None:
+        self._refuse_unservable_dest(dest)
+        super().add_dest(key, dest)
+
+    def edit_dest(self, key: model.ServiceKey, dest: model.Dest) -> None:
+        self._refuse_unservable_dest(dest)
+        super().edit_dest(key, dest)
 
     # --- publishing -------------------------------------------------------------------------
     def _changed(self) -> None:

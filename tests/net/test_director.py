@@ -285,3 +285,56 @@ def test_interface_option_narrows_and_unknown_name_is_refused(topo, tmp_path):
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0
+
+
+def test_tun_director_refuses_direct_routing(topo, tmp_path):
+    """--io tun carries bare IP packets, so a DR (-g) real server would get nothing: adding or
+    editing one is refused with EINVAL (ipvsadm's message, table unchanged), the director says
+    why on stderr, and a rules file with one stops the start."""
+    import errno
+    import os
+
+    from lvsuser.control import ipvsadm as ipvsadm_cli
+
+    dr, peer = topo.add_ns("dr"), topo.add_ns("pe")
+    topo.veth(dr, "eth0", peer, "eth0")
+    topo.addr(dr, "eth0", "198.18.3.1/24")
+    sock = str(tmp_path / "control.sock")
+    director_log = tmp_path / "director.log"
+    with open(director_log, "w") as log_file:
+        proc = topo.popen(dr, [sys.executable, "-m", "lvsuser", "run", "--control", sock,
+                               "--io", "tun"], stdout=subprocess.DEVNULL, stderr=log_file)
+    env = dict(os.environ, LVSUSER_CONTROL=sock)
+
+    def ipvsadm(*args):
+        return topo.run(dr, [sys.executable, "-m", "lvsuser", "ipvsadm", *args], env=env)
+
+    try:
+        assert wait_for(lambda: os.path.exists(sock), timeout=10)
+        assert ipvsadm("-A", "-t", "198.18.3.10:80").returncode == 0
+        refused = ipvsadm("-a", "-t", "198.18.3.10:80", "-r", "198.18.3.20", "-g")
+        assert refused.returncode != 0
+        assert ipvsadm_cli.strerror_for_operation("add_dest", errno.EINVAL) in refused.stderr
+        masq = ipvsadm("-a", "-t", "198.18.3.10:80", "-r", "198.18.3.21", "-m")
+        assert masq.returncode == 0, masq.stderr
+        edited = ipvsadm("-e", "-t", "198.18.3.10:80", "-r", "198.18.3.21", "-g", "-w", "5")
+        assert edited.returncode != 0
+        assert ipvsadm_cli.strerror_for_operation("edit_dest", errno.EINVAL) in edited.stderr
+        listing = ipvsadm("-L", "-n")
+        assert listing.returncode == 0, listing.stderr
+        rows = [line.split() for line in listing.stdout.splitlines() if "->" in line]
+        # the header row, then the one masqueraded real server, weight unchanged
+        assert rows[1:] == [["->", "198.18.3.21:80", "Masq", "1", "0", "0"]], listing.stdout
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+    said = [line for line in director_log.read_text().splitlines() if "--io afpacket" in line]
+    assert len(said) == 2 and "198.18.3.20" in said[0] and "198.18.3.21" in said[1], said
+
+    rules_file = tmp_path / "rules"
+    rules_file.write_text("-A -t 198.18.3.10:80 -s rr\n-a -t 198.18.3.10:80 -r 198.18.3.20:80 -g -w 1\n")
+    started = topo.run(dr, [sys.executable, "-m", "lvsuser", "run", "--control",
+                            str(tmp_path / "other.sock"), "--io", "tun",
+                            "--rules", str(rules_file)], timeout=30)
+    assert started.returncode == 1, started
+    assert "line 2" in started.stderr and "--io afpacket" in started.stderr, started.stderr

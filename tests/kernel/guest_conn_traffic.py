@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -37,7 +36,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, REPO)
 
 from lvsuser.lab.netns import Topology  # noqa: E402
-from tests.kernel.guest_differential import ours, start_director  # noqa: E402
+from tests.kernel.guest_differential import ours, start_director, stop_director  # noqa: E402
 from tests.kernel.test_sched_differential import _serve  # noqa: E402
 
 VIP = "198.18.0.10"
@@ -236,16 +235,7 @@ def main() -> int:
             # script) so that they take as little time as the real ipvsadm's.
             report["lvsuser"] = scenario(topo, names["client"], "lvsuser", ours)
         finally:
-            director.send_signal(signal.SIGTERM)
-            try:
-                director.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                director.kill()
-                director.wait()
-            log.close()
-            with open(control + ".log") as f:
-                report["director_log"] = f.read()[-4000:]
-            report["director_rc"] = director.returncode
+            report.update(stop_director(director, log, control))
     json.dump(report, sys.stdout)
     return 0
 

@@ -69,6 +69,19 @@ def start_director(backend: str, control: str, netns: str | None):
     return proc, log
 
 
+def stop_director(proc, log, control: str) -> dict:
+    """SIGTERM the director started by start_director; its exit code and the tail of its log."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log.close()
+    with open(control + ".log") as f:
+        return {"director_log": f.read()[-4000:], "director_rc": proc.returncode}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--backend", required=True, choices=["ipvs", "userspace"])
@@ -112,16 +125,7 @@ def main() -> int:
                 "kernel_table": kernel_table, "lvsuser_table": lvsuser_table,
             }
     finally:
-        director.send_signal(signal.SIGTERM)
-        try:
-            director.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            director.kill()
-            director.wait()
-        log.close()
-        with open(control + ".log") as f:
-            result["director_log"] = f.read()[-4000:]
-        result["director_rc"] = director.returncode
+        result.update(stop_director(director, log, control))
     json.dump(result, sys.stdout)
     return 0
 

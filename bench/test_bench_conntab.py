@@ -115,8 +115,7 @@ def test_conntab(benchmark, core_cls, size):
     frames = [bytes(cs.udp_frame(*cs.flow_address(i))) for i in range(0, size, step)]
     frames = frames[:LOOKUP_SAMPLE]
 
-    def lookups():
-        process = core.process
+    def lookups(process=core.process):  # bound now: `core` is deleted at the end to free it
         for frame in frames:
             process(frame, cs.CLIENT_IF, cs.NOW)
 

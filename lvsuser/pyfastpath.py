@@ -45,7 +45,6 @@ frame is a counted drop.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import ipaddress
 import struct
 from typing import Callable, Optional

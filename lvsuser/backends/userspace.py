@@ -23,7 +23,6 @@ import atexit
 import contextlib
 import copy
 import errno
-import ipaddress
 import logging
 import os
 import shutil

@@ -19,7 +19,6 @@ Addresses: client net 198.18.0.0/24, real-server net 198.18.1.0/24 (NAT); one se
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time

@@ -48,19 +48,25 @@ IO_TUN = "tun"
 AFPACKET_TX_ENV = "LVSUSER_AFPACKET_TX"
 
 
-def _load_core():
+# Connection-table size when none is given.  The table allocates as it fills (64 bytes an entry),
+# so a roomy bound costs nothing until used; 4M holds ~10 s of a 400k/s new-flow flood at the
+# 300 s UDP timeout, where 1M was full within 3 s and refused every new connection after that.
+DEFAULT_MAX_CONNS = 1 << 22
+
+
+def _load_core(max_conns: int = DEFAULT_MAX_CONNS):
     """The compiled core if it is built, else the pure-Python reference."""
     try:
         from lvsuser import _fastpath
 
         if hasattr(_fastpath, "Core"):
-            return _fastpath.Core()
+            return _fastpath.Core(max_conns=max_conns)
     except ImportError:
         pass
     try:
         from lvsuser import pyfastpath
 
-        return pyfastpath.Core()
+        return pyfastpath.Core(max_conns=max_conns)
     except ImportError as exc:
         raise BackendUnavailable(f"the datapath core is not available ({exc}).") from exc
 
@@ -81,7 +87,8 @@ class UserspaceBackend(TableBackend):
     name = "userspace"
 
     def __init__(self, io: str = IO_AFPACKET, interfaces: Optional[list[str]] = None,
-                 core=None, tun_name: Optional[str] = None):
+                 core=None, tun_name: Optional[str] = None,
+                 max_conns: int = DEFAULT_MAX_CONNS):
         if io not in (IO_AFPACKET, IO_TUN):
             raise BackendUnavailable(f"unknown I/O driver {io!r}: use 'afpacket' or 'tun'.")
         if os.geteuid() != 0:
@@ -94,7 +101,7 @@ class UserspaceBackend(TableBackend):
         super().__init__()
         self.io = io
         self._fastpath = _drivers_module()
-        self.core = core if core is not None else _load_core()
+        self.core = core if core is not None else _load_core(max_conns)
         # Publishing takes TableBackend's lock (_changed() already runs under it, the monitor
         # thread takes it too: one lock order).  _core_lock is held around every call into the
         # core from Python (publish, stats, and for the pure-Python core each batch): the C core

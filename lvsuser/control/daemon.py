@@ -50,11 +50,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scheduler-path", action="append", default=[], metavar="PATH",
                         help="load plugin schedulers from this .py file or directory (repeatable); "
                              "installed ones (entry points lvsuser.schedulers) load always")
+    parser.add_argument("--max-conns", type=_positive_int, default=None, metavar="N",
+                        help="userspace backend's connection-table size (default 4194304; "
+                             "memory grows as it fills, 64 bytes a connection)")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return parser
 
 
-def make_backend(kind: str, io: str = "afpacket", interfaces: Optional[list[str]] = None) -> Backend:
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError(text)
+    return value
+
+
+_positive_int.__name__ = "positive integer"  # argparse names the type in its error message
+
+
+def make_backend(kind: str, io: str = "afpacket", interfaces: Optional[list[str]] = None,
+                 max_conns: Optional[int] = None) -> Backend:
     """The backend named on the command line; BackendUnavailable says why it cannot run."""
     if kind == "table":
         from lvsuser.backends.table import TableBackend
@@ -64,7 +78,9 @@ def make_backend(kind: str, io: str = "afpacket", interfaces: Optional[list[str]
             from lvsuser.backends.userspace import UserspaceBackend
         except ImportError as exc:
             raise BackendUnavailable(f"the userspace backend cannot be loaded ({exc}).") from exc
-        return UserspaceBackend(io=io, interfaces=interfaces)
+        if max_conns is None:
+            return UserspaceBackend(io=io, interfaces=interfaces)
+        return UserspaceBackend(io=io, interfaces=interfaces, max_conns=max_conns)
     if kind == "ipvs":
         try:
             from lvsuser.backends.ipvs import IPVSBackend
@@ -216,7 +232,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"lvsuser: {exc}", file=sys.stderr)
         return 1
     try:
-        backend = make_backend(args.backend, io=args.io, interfaces=args.interface)
+        backend = make_backend(args.backend, io=args.io, interfaces=args.interface,
+                               max_conns=args.max_conns)
     except BackendUnavailable as exc:
         print(f"lvsuser: {exc}", file=sys.stderr)
         return 1

@@ -52,15 +52,18 @@ def lvsuser_ready():
 class Director:
     """`lvsuser run` in the director namespace, and `lvsuser ipvsadm` talking to it."""
 
-    def __init__(self, topo: netns.Topology, ns: str, sock_path: str, io: str = "afpacket"):
+    def __init__(self, topo: netns.Topology, ns: str, sock_path: str, io: str = "afpacket",
+                 extra_args: tuple[str, ...] = ()):
         self.topo, self.ns, self.sock, self.io = topo, ns, sock_path, io
+        self.extra_args = list(extra_args)
         self.proc = None
         self.log_path = sock_path + ".log"
 
     def start(self) -> None:
         log = open(self.log_path, "w")
         started = time.monotonic()
-        self.proc = self.topo.popen(self.ns, LVSUSER + ["run", "--control", self.sock, "--io", self.io],
+        self.proc = self.topo.popen(self.ns, LVSUSER + ["run", "--control", self.sock, "--io", self.io,
+                                                      *self.extra_args],
                                     stdout=log, stderr=subprocess.STDOUT)
         ok = wait_for(lambda: self.proc.poll() is not None or (
             os.path.exists(self.sock) and self.ipvsadm("-Ln", check=False).returncode == 0),
@@ -305,6 +308,29 @@ def test_nat(topo, tmp_path, sock_path, lvsuser_ready):
     # the guard is gone with the director
     tables = topo.run(dr, ["nft", "list", "tables"]).stdout
     assert "lvsuser_" not in tables, tables
+
+
+def test_connection_table_bound(topo, sock_path, lvsuser_ready):
+    """`lvsuser run --max-conns N`: connections past N are refused (dropped, counted), the
+    ones in the table keep working, and -Lnc lists exactly N."""
+    cl, dr, rs = build_nat(topo)
+    for n, ns in enumerate(rs):
+        start_realserver(topo, ns, f"rs{n + 1}", "0.0.0.0")
+    director = Director(topo, dr, sock_path, extra_args=("--max-conns", "3"))
+    director.start()
+    try:
+        director.ipvsadm("-A", "-u", f"{VIP_NAT}:5353", "-s", "rr")
+        director.ipvsadm("-a", "-u", f"{VIP_NAT}:5353", "-r", "198.18.1.11:5353", "-m")
+        director.ipvsadm("-a", "-u", f"{VIP_NAT}:5353", "-r", "198.18.1.12:5353", "-m")
+        # each client run is a new socket, so a new source port and a new connection
+        answers = [topo.run(cl, [sys.executable, "-c", UDP_CLIENT, VIP_NAT, "5353"],
+                            timeout=20).stdout.strip() for _ in range(5)]
+        assert all(answers[:3]) and not any(answers[3:]), answers
+        rows = [line for line in director.ipvsadm("-Lnc").stdout.splitlines()
+                if line.startswith("UDP")]
+        assert len(rows) == 3, rows
+    finally:
+        assert director.stop() == 0, director.log()
 
 
 def _segment_services(director, method):

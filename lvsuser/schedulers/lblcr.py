@@ -15,7 +15,7 @@ from typing import Optional
 
 from lvsuser import model
 from lvsuser.schedulers import register
-from lvsuser.schedulers.base import (PacketInfo, Scheduler, conn_overhead, dest_key, overloaded)
+from lvsuser.schedulers.base import (PacketInfo, Scheduler, conn_overhead, dest_key)
 from lvsuser.schedulers.locality import LocalityTable, is_overloaded, least_loaded
 
 
@@ -57,22 +57,9 @@ class LocalityLeastConnectionReplicated(Scheduler):
 
     def _set_min(self, entry: LblcrEntry) -> Optional[model.Dest]:
         """ip_vs_dest_set_min: the weighted least-loaded member still in the service."""
-        least = None
-        least_overhead = 0
-        for key in entry.members:
-            dest = self._by_key.get(key)
-            if dest is None or overloaded(dest):
-                continue  # a departed member is never available
-            if least is None:
-                if dest.weight > 0:
-                    least = dest
-                    least_overhead = conn_overhead(dest)
-                continue
-            dest_overhead = conn_overhead(dest)
-            if least_overhead * dest.weight > dest_overhead * least.weight:
-                least = dest
-                least_overhead = dest_overhead
-        return least
+        present = (self._by_key.get(key) for key in entry.members)
+        # a departed member is never available
+        return least_loaded(dest for dest in present if dest is not None)
 
     def _weight_and_overhead(self, key: tuple) -> tuple[int, int]:
         dest = self._by_key.get(key)

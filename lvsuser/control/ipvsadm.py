@@ -1223,6 +1223,15 @@ def _c_str(value: int) -> str:
     return str(_wrap_int(value))
 
 
+def _persistence_mask_text(svc) -> Optional[str]:
+    """The persistence netmask as ipvsadm prints it (-M / "mask"), or None when it is the default."""
+    if svc.af == AF_INET and svc.netmask != 0xFFFFFFFF:
+        return str(ipaddress.IPv4Address(svc.netmask & 0xFFFFFFFF))
+    if svc.af == AF_INET6 and svc.netmask != 128:
+        return _c_str(svc.netmask)
+    return None
+
+
 def format_service_entry(printer: _Printer, svc: model.Service, fmt: int) -> str:
     """ipvsadm's print_service_entry."""
     lines = []
@@ -1243,10 +1252,9 @@ def format_service_entry(printer: _Printer, svc: model.Service, fmt: int) -> str
         line = f"-A {svc_name} -s {svc.scheduler}"
         if svc.flags & model.SVC_F_PERSISTENT:
             line += f" -p {svc.timeout}"
-            if svc.af == AF_INET and svc.netmask != 0xFFFFFFFF:
-                line += f" -M {ipaddress.IPv4Address(svc.netmask & 0xFFFFFFFF)}"
-            if svc.af == AF_INET6 and svc.netmask != 128:
-                line += f" -M {_c_str(svc.netmask)}"
+            mask = _persistence_mask_text(svc)
+            if mask:
+                line += f" -M {mask}"
         if svc.pe_name:
             line += f" --pe {svc.pe_name}"
         if svc.flags & model.SVC_F_ONEPACKET:
@@ -1267,10 +1275,9 @@ def format_service_entry(printer: _Printer, svc: model.Service, fmt: int) -> str
             line += f" ({_sched_flags_text(svc)})"
         if svc.flags & model.SVC_F_PERSISTENT:
             line += f" persistent {svc.timeout}"
-            if svc.af == AF_INET and svc.netmask != 0xFFFFFFFF:
-                line += f" mask {ipaddress.IPv4Address(svc.netmask & 0xFFFFFFFF)}"
-            if svc.af == AF_INET6 and svc.netmask != 128:
-                line += f" mask {_c_str(svc.netmask)}"
+            mask = _persistence_mask_text(svc)
+            if mask:
+                line += f" mask {mask}"
             if svc.pe_name:
                 line += f" pe {svc.pe_name}"
         if svc.flags & model.SVC_F_ONEPACKET:

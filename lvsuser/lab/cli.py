@@ -250,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["lab"]:  # called with the subcommand name still in front
         argv = argv[1:]
     args = build_parser().parse_args(argv)
+    # The lab narrates while it builds and sends: show each line as it happens, also in a pipe.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
     if args.mode == "down":
         return lab_down(args.id)
     if args.id:

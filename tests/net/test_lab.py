@@ -22,7 +22,8 @@ from lvsuser.lab.plan import plan_for
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ENV = {**os.environ, "PYTHONPATH": REPO}
+# Without PYTHONUNBUFFERED (set on some dev machines, not in CI): the lab must flush by itself.
+ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}, "PYTHONPATH": REPO}
 
 
 def lab_namespaces(pid: int) -> list[str]:
@@ -107,19 +108,46 @@ def lab_namespaces_of_output(out: str) -> list[str]:
     return [n for n in names if netns.exists(n)]
 
 
+def read_lines_until(proc: subprocess.Popen, marker: str, seconds: float) -> str:
+    """Raw reads of the child's stdout (no Python buffering between select and the text) until
+    `marker` shows up, the child exits, or time runs out."""
+    seen = b""
+    deadline = time.monotonic() + seconds
+    fd = proc.stdout.fileno()
+    while marker.encode() not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            seen += chunk
+    return seen.decode(errors="replace")
+
+
+def test_lab_prints_as_it_goes():
+    """The header comes out before traffic is sent, also into a pipe (line-buffered printout)."""
+    proc = subprocess.Popen([sys.executable, "-m", "lvsuser", "lab", "nat"], env=ENV, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        seen = read_lines_until(proc, "real servers (guide step 3)", 30)
+        assert "real servers (guide step 3)" in seen
+        assert proc.poll() is None, "the header only arrived when the lab had already finished"
+        assert "cleaned up" not in seen
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert lab_namespaces(proc.pid) == []
+
+
 def test_lab_sigint_mid_run_leaves_nothing():
     proc = subprocess.Popen([sys.executable, "-m", "lvsuser", "lab", "nat"], env=ENV, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        seen = ""
-        deadline = time.monotonic() + 30
-        while "VIP" not in seen and time.monotonic() < deadline:  # hosts are built by then
-            ready, _, _ = select.select([proc.stdout], [], [], 0.5)
-            if ready:
-                line = proc.stdout.readline()
-                if not line:
-                    break
-                seen += line
+        seen = read_lines_until(proc, "VIP", 30)  # the director exists by the time it is named
+        assert proc.poll() is None, "the lab finished before it could be interrupted:\n" + seen
         assert lab_namespaces(proc.pid), "the lab should have built its namespaces by now"
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
@@ -127,6 +155,7 @@ def test_lab_sigint_mid_run_leaves_nothing():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    out, err = out.decode(errors="replace"), err.decode(errors="replace")
     assert proc.returncode == 130, seen + out + err
     assert "interrupted" in err
     assert lab_namespaces(proc.pid) == []
@@ -135,17 +164,10 @@ def test_lab_sigint_mid_run_leaves_nothing():
 
 def test_lab_down_removes_what_a_killed_lab_left():
     proc = subprocess.Popen([sys.executable, "-m", "lvsuser", "lab", "tun"], env=ENV, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
-        seen = ""
-        deadline = time.monotonic() + 30
-        while "real servers" not in seen and time.monotonic() < deadline:
-            ready, _, _ = select.select([proc.stdout], [], [], 0.5)
-            if ready:
-                line = proc.stdout.readline()
-                if not line:
-                    break
-                seen += line
+        seen = read_lines_until(proc, "real servers", 30)
+        assert proc.poll() is None, "the lab finished before it could be killed:\n" + seen
         proc.kill()  # no chance to clean up
         proc.wait(timeout=10)
     finally:

@@ -48,7 +48,7 @@ IO_TUN = "tun"
 AFPACKET_TX_ENV = "LVSUSER_AFPACKET_TX"
 
 
-# Connection-table size when none is given.  The table allocates as it fills (64 bytes an entry),
+# Connection-table size when none is given.  The table allocates as it fills (~50 bytes an entry),
 # so a roomy bound costs nothing until used; 4M holds ~10 s of a 400k/s new-flow flood at the
 # 300 s UDP timeout, where 1M was full within 3 s and refused every new connection after that.
 DEFAULT_MAX_CONNS = 1 << 22

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "installed ones (entry points lvsuser.schedulers) load always")
     parser.add_argument("--max-conns", type=_positive_int, default=None, metavar="N",
                         help="userspace backend's connection-table size (default 4194304; "
-                             "memory grows as it fills, 64 bytes a connection)")
+                             "memory grows as it fills, about 50 bytes a connection)")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return parser
 

@@ -2,8 +2,10 @@
 #
 # Theory of operation
 # -------------------
-# Entries live in one array of 64-byte `lvs_conn` (the kernel's ip_vs_conn is ~300 bytes with
-# its timer and locks).  Index 0 is never used, so 0 means "none" in every link.  Two hash
+# Entries live in one array of 40-byte `lvs_conn` (the kernel's ip_vs_conn is ~300 bytes with
+# its timer and locks).  An entry holds IPv4 addresses itself; an IPv6 entry's two addresses live
+# at the same index in a side array of 32-byte slots (`v6addrs`), which is only virtual memory
+# until IPv6 connections touch it: an all-IPv4 table pays 8 bytes of addresses per entry, not 32.  Index 0 is never used, so 0 means "none" in every link.  Two hash
 # tables of uint32 heads chain entries through `next_in` / `next_out`:
 #
 #   in-hash   (protocol, caddr, cport, vaddr, vport)  -- every connection and every template
@@ -11,8 +13,8 @@
 #             and carry LVS_CONN_TEMPLATE, which lookups compare too);
 #   out-hash  (protocol, daddr, dport, caddr, cport)  -- NAT connections only, for replies.
 #
-# Both tables have as many heads as entries (a power of two), so chains stay ~1 long at any
-# fill: lookups are flat from 10^3 to 10^7 entries.  Released entries form a stack through
+# Both tables have as many heads as entries (rounded up to a power of two), so chains stay ~1 long
+# at any fill: lookups are flat from 10^3 to 10^7 entries.  Released entries form a stack through
 # `next_in`; never-used ones are taken from a high-water mark, so start-up touches no memory.  When the stack is empty the table is full: the packet is dropped and counted
 # (C_TABLE_FULL), after one bounded extra sweep has tried to reclaim expired entries.
 #
@@ -26,11 +28,12 @@
 # from there.  A publish re-maps these indices for every entry (and expires entries whose real
 # server is gone) under the core lock.
 #
-# Layout of lvs_conn (64 bytes):
-#    0 caddr[16]   16 vaddr[16]   32 cport  34 vport  36 dport   (host order)
-#   38 protocol    39 state       40 flags  42 peer (reverse L2 path, see core.pxi)
-#   44 svc         46 dest        48 expires (ms)   52 next_in   56 next_out
-#   60 control: real connection -> its template's index; template -> number of controlled conns
+# Layout of lvs_conn (40 bytes; with both hash tables 48..56 bytes an entry in all):
+#    0 caddr[4]    4 vaddr[4]   (IPv4; IPv6: v6addrs[idx] = caddr[16] vaddr[16], see lvs_caddr)
+#    8 cport      10 vport      12 dport   (host order)    14 protocol   15 state
+#   16 flags      18 peer (reverse L2 path, see core.pxi)  20 svc        22 dest
+#   24 expires (ms)   28 next_in   32 next_out
+#   36 control: real connection -> its template's index; template -> number of controlled conns
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
@@ -42,6 +45,9 @@ cdef enum:
     LVS_CONN_NOOUTPUT = 0x0008
     LVS_CONN_USED = 0x0010
     LVS_CONN_FWD_SHIFT = 8      # forwarding method in bits 8..10
+
+cdef enum:
+    LVS_V6_SLOT = 32            # bytes per index in v6addrs
 
 cdef enum:
     TS_NONE = 0
@@ -57,8 +63,8 @@ cdef enum:
     TS_SYNACK = 10
 
 cdef struct lvs_conn:
-    uint8_t caddr[16]
-    uint8_t vaddr[16]
+    uint8_t caddr[4]
+    uint8_t vaddr[4]
     uint16_t cport
     uint16_t vport
     uint16_t dport
@@ -78,6 +84,7 @@ cdef struct lvs_conntab:
     uint32_t capacity           # usable entries (index 1..capacity)
     uint32_t *in_heads
     uint32_t *out_heads
+    uint8_t *v6addrs            # 32 bytes per index: an IPv6 entry's caddr[16] vaddr[16]
     uint32_t mask
     uint32_t free_head          # stack of released entries, through next_in
     uint32_t high_water         # entries above this were never used (no start-up walk)
@@ -128,11 +135,15 @@ cdef int lvs_conntab_init(lvs_conntab *t, uint32_t capacity) noexcept nogil:
     t.entries = <lvs_conn *>calloc(<size_t>capacity + 1, sizeof(lvs_conn))
     t.in_heads = <uint32_t *>calloc(size, sizeof(uint32_t))
     t.out_heads = <uint32_t *>calloc(size, sizeof(uint32_t))
-    if t.entries == NULL or t.in_heads == NULL or t.out_heads == NULL:
+    # calloc of this size maps zero pages: resident only where IPv6 entries write
+    t.v6addrs = <uint8_t *>calloc(<size_t>capacity + 1, LVS_V6_SLOT)
+    if t.entries == NULL or t.in_heads == NULL or t.out_heads == NULL or t.v6addrs == NULL:
         free(t.entries)
         free(t.in_heads)
         free(t.out_heads)
+        free(t.v6addrs)
         t.entries = NULL
+        t.v6addrs = NULL
         return -1
     t.capacity = capacity
     t.mask = size - 1
@@ -147,9 +158,25 @@ cdef void lvs_conntab_free(lvs_conntab *t) noexcept nogil:
     free(t.entries)
     free(t.in_heads)
     free(t.out_heads)
+    free(t.v6addrs)
     t.entries = NULL
     t.in_heads = NULL
     t.out_heads = NULL
+    t.v6addrs = NULL
+
+
+cdef inline uint8_t *lvs_caddr(lvs_conntab *t, uint32_t idx) noexcept nogil:
+    """The client address of entry idx (4 or 16 bytes, by LVS_CONN_V6)."""
+    if t.entries[idx].flags & LVS_CONN_V6:
+        return t.v6addrs + <size_t>idx * LVS_V6_SLOT
+    return t.entries[idx].caddr
+
+
+cdef inline uint8_t *lvs_vaddr(lvs_conntab *t, uint32_t idx) noexcept nogil:
+    """The virtual address of entry idx (4 or 16 bytes, by LVS_CONN_V6)."""
+    if t.entries[idx].flags & LVS_CONN_V6:
+        return t.v6addrs + <size_t>idx * LVS_V6_SLOT + 16
+    return t.entries[idx].vaddr
 
 
 cdef inline uint32_t lvs_conn_in_find(lvs_conntab *t, uint8_t protocol, uint16_t want_template,
@@ -164,7 +191,8 @@ cdef inline uint32_t lvs_conn_in_find(lvs_conntab *t, uint8_t protocol, uint16_t
         c = &t.entries[i]
         if (c.protocol == protocol and c.cport == cport and c.vport == vport
                 and (c.flags & (LVS_CONN_TEMPLATE | LVS_CONN_V6)) == (want_template | af6)
-                and memcmp(c.caddr, caddr, alen) == 0 and memcmp(c.vaddr, vaddr, alen) == 0):
+                and memcmp(lvs_caddr(t, i), caddr, alen) == 0
+                and memcmp(lvs_vaddr(t, i), vaddr, alen) == 0):
             return i
         i = c.next_in
     return 0
@@ -173,8 +201,8 @@ cdef inline uint32_t lvs_conn_in_find(lvs_conntab *t, uint8_t protocol, uint16_t
 cdef inline void lvs_conn_unlink_in(lvs_conntab *t, uint32_t idx) noexcept nogil:
     cdef lvs_conn *c = &t.entries[idx]
     cdef uint8_t alen = 16 if c.flags & LVS_CONN_V6 else 4
-    cdef uint32_t *link = &t.in_heads[lvs_hash_key(c.protocol, c.caddr, c.cport, c.vaddr, c.vport,
-                                                   alen) & t.mask]
+    cdef uint32_t *link = &t.in_heads[lvs_hash_key(c.protocol, lvs_caddr(t, idx), c.cport,
+                                                   lvs_vaddr(t, idx), c.vport, alen) & t.mask]
     while link[0] and link[0] != idx:
         link = &t.entries[link[0]].next_in
     if link[0] == idx:
@@ -184,7 +212,8 @@ cdef inline void lvs_conn_unlink_in(lvs_conntab *t, uint32_t idx) noexcept nogil
 cdef inline void lvs_conn_link_in(lvs_conntab *t, uint32_t idx) noexcept nogil:
     cdef lvs_conn *c = &t.entries[idx]
     cdef uint8_t alen = 16 if c.flags & LVS_CONN_V6 else 4
-    cdef uint32_t h = lvs_hash_key(c.protocol, c.caddr, c.cport, c.vaddr, c.vport, alen) & t.mask
+    cdef uint32_t h = lvs_hash_key(c.protocol, lvs_caddr(t, idx), c.cport, lvs_vaddr(t, idx),
+                                   c.vport, alen) & t.mask
     c.next_in = t.in_heads[h]
     t.in_heads[h] = idx
 
@@ -192,7 +221,8 @@ cdef inline void lvs_conn_link_in(lvs_conntab *t, uint32_t idx) noexcept nogil:
 cdef inline void lvs_conn_link_out(lvs_conntab *t, uint32_t idx, const uint8_t *daddr) noexcept nogil:
     cdef lvs_conn *c = &t.entries[idx]
     cdef uint8_t alen = 16 if c.flags & LVS_CONN_V6 else 4
-    cdef uint32_t h = lvs_hash_key(c.protocol, daddr, c.dport, c.caddr, c.cport, alen) & t.mask
+    cdef uint32_t h = lvs_hash_key(c.protocol, daddr, c.dport, lvs_caddr(t, idx), c.cport,
+                                   alen) & t.mask
     c.next_out = t.out_heads[h]
     t.out_heads[h] = idx
 
@@ -200,8 +230,8 @@ cdef inline void lvs_conn_link_out(lvs_conntab *t, uint32_t idx, const uint8_t *
 cdef inline void lvs_conn_unlink_out(lvs_conntab *t, uint32_t idx, const uint8_t *daddr) noexcept nogil:
     cdef lvs_conn *c = &t.entries[idx]
     cdef uint8_t alen = 16 if c.flags & LVS_CONN_V6 else 4
-    cdef uint32_t *link = &t.out_heads[lvs_hash_key(c.protocol, daddr, c.dport, c.caddr, c.cport,
-                                                    alen) & t.mask]
+    cdef uint32_t *link = &t.out_heads[lvs_hash_key(c.protocol, daddr, c.dport, lvs_caddr(t, idx),
+                                                    c.cport, alen) & t.mask]
     while link[0] and link[0] != idx:
         link = &t.entries[link[0]].next_out
     if link[0] == idx:

@@ -427,8 +427,9 @@ cdef uint32_t lvs_conn_new(lvs_core *core, uint32_t svc_idx, uint32_t dest_idx, 
         if idx == 0:
             return 0
     c = &t.entries[idx]
-    memcpy(c.caddr, caddr, alen)
-    memcpy(c.vaddr, vaddr, alen)
+    c.flags = LVS_CONN_V6 if alen == 16 else 0   # says where lvs_caddr/lvs_vaddr write
+    memcpy(lvs_caddr(t, idx), caddr, alen)
+    memcpy(lvs_vaddr(t, idx), vaddr, alen)
     c.cport = cport
     c.vport = vport
     c.dport = dport

@@ -351,7 +351,7 @@ cdef int lvs_reply_out(lvs_core *core, lvs_frame *f, lvs_pkt *p, uint32_t idx, d
     svc.outbytes += ip_len
     dest.outpkts += 1
     dest.outbytes += ip_len
-    lvs_nat_rewrite(p, c.vaddr, c.vport, False, csum_partial)
+    lvs_nat_rewrite(p, lvs_vaddr(&core.conns, idx), c.vport, False, csum_partial)
     core.counters[C_FWD_OUT] += 1
     return lvs_l2_to_client(core, f, c)
 
@@ -410,7 +410,7 @@ cdef int lvs_icmp(lvs_core *core, lvs_frame *f, lvs_pkt *p, double now) noexcept
     idx = lvs_conn_in_find(t, inner.proto, 0, d + inner.daddr_off, inner.dport,
                            d + inner.saddr_off, inner.sport, inner.alen)
     if idx and not lvs_time_after_eq(now_ms, t.entries[idx].expires) \
-            and memcmp(d + p.daddr_off, t.entries[idx].vaddr, p.alen) == 0:
+            and memcmp(d + p.daddr_off, lvs_vaddr(t, idx), p.alen) == 0:
         c = &t.entries[idx]
         dest = lvs_conn_dest(core, c)
         ext = &core.tables.ext[c.svc].dests[c.dest]
@@ -443,7 +443,7 @@ cdef int lvs_icmp(lvs_core *core, lvs_frame *f, lvs_pkt *p, double now) noexcept
         if (c.protocol == inner.proto and c.dport == inner.dport and c.cport == inner.sport
                 and ((c.flags & LVS_CONN_V6) != 0) == (inner.alen == 16)
                 and memcmp(dest.addr, d + inner.daddr_off, inner.alen) == 0
-                and memcmp(c.caddr, d + inner.saddr_off, inner.alen) == 0):
+                and memcmp(lvs_caddr(t, idx), d + inner.saddr_off, inner.alen) == 0):
             break
         idx = c.next_out
     if idx and not lvs_time_after_eq(now_ms, t.entries[idx].expires):
@@ -451,8 +451,8 @@ cdef int lvs_icmp(lvs_core *core, lvs_frame *f, lvs_pkt *p, double now) noexcept
         if d[p.hl_off] <= 1:
             return lvs_drop(core, f, C_TTL_EXCEEDED)
         core.counters[C_ICMP_ERROR_OUT] += 1
-        lvs_set_addr(p, True, c.vaddr)
-        lvs_set_addr(&inner, False, c.vaddr)
+        lvs_set_addr(p, True, lvs_vaddr(t, idx))
+        lvs_set_addr(&inner, False, lvs_vaddr(t, idx))
         lvs_put16(d + inner.l4 + 2, c.vport)
         lvs_dec_ttl(p)
         lvs_icmp_fix_checksum(p)

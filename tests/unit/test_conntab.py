@@ -316,3 +316,48 @@ def test_default_expire_call_is_bounded_and_repeated_calls_free_everything(core_
     assert gone == due and core.conn_count() == 0
     assert core.counters()["conn_expired"] == due
     assert dest_counts(core) == (0, 0, 0)
+
+
+def test_a_slot_reused_across_address_families_keeps_each_entrys_addresses(core_cls):
+    """IPv4 entries hold their addresses in the entry, IPv6 ones in a side array at the same index
+    (C core): one slot taken in turn by v6, v4 and v6 connections must list and NAT each one
+    with its own addresses, and never find a connection of the other family."""
+    from scapy.layers.inet6 import IPv6
+    V6 = model.AF_INET6
+    config = make_config([make_service(fwd=NAT, protocol=UDP_P),
+                          make_service(af=V6, fwd=NAT, protocol=UDP_P)])
+    core = new_core(core_cls, config, max_conns=1)
+    a4, a6 = ADDRS[V4], ADDRS[V6]
+
+    def v6_in(sport):
+        return raw(Ether(src=CLIENT_MAC, dst=DIR_CLIENT_MAC) / IPv6(src=a6["client"], dst=a6["vip"])
+                   / UDP(sport=sport, dport=80))
+
+    def v6_reply(cport):
+        return raw(Ether(src=RS_MACS[0], dst=DIR_SERVER_MAC) / IPv6(src=a6["rs"][0], dst=a6["client"])
+                   / UDP(sport=80, dport=cport))
+
+    def v4_reply(cport):
+        return raw(Ether(src=RS_MACS[0], dst=DIR_SERVER_MAC) / IP(src=a4["rs"][0], dst=a4["client"])
+                   / UDP(sport=80, dport=cport))
+
+    now = 0.0
+    for family, sport in ((V6, 5001), (V4, 5002), (V6, 5003), (V4, 5004)):
+        pkt = v6_in(sport) if family == V6 else client_pkt(proto=UDP_P, sport=sport)
+        verdict, out = core.process(pkt, IF_CLIENT, now)[:2]
+        assert verdict == TX
+        row = only_conn(core, now)
+        a = a6 if family == V6 else a4
+        assert (str(row["caddr"]), row["cport"], str(row["vaddr"]), str(row["daddr"])) == \
+            (a["client"], sport, a["vip"], a["rs"][0])
+        # the reply gets the VIP back as its source, from wherever the entry keeps it
+        reply = v6_reply(sport) if family == V6 else v4_reply(sport)
+        verdict, out = core.process(reply, IF_SERVERS, now + 0.1)[:2]
+        assert verdict == TX
+        ip = Ether(bytes(out))[IPv6 if family == V6 else IP]
+        assert (ip.src, ip.dst, ip[UDP].sport) == (a["vip"], a["client"], 80)
+        # a reply of the other family with the same ports is not this connection's
+        other = v4_reply(sport) if family == V6 else v6_reply(sport)
+        assert core.process(other, IF_SERVERS, now + 0.2)[0] == PASS
+        now += 400.0   # past the UDP timeout: the next connection takes this slot
+        assert core.expire(now) == 1

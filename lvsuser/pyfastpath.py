@@ -50,7 +50,7 @@ import struct
 from typing import Callable, Optional
 
 from lvsuser import model
-from lvsuser.schedulers.base import PacketInfo
+from lvsuser.schedulers.base import PacketInfo, report_schedule_error
 from lvsuser.fastpath.config import MODE_L2, CoreConfig, DestRoute
 
 # ------------------------------------------------------------------------------ public constants
@@ -99,6 +99,7 @@ COUNTER_NAMES = (
     "one_packet",          # UDP with -o (one-packet scheduling): connection dropped after use
     "local_node",          # to a local-node dest: handed to the director's own stack (PASS)
     "icmp_tunnel",         # an ICMP error about our IP-in-IP packet, relayed to the client
+    "scheduler_error",     # a plugin scheduler raised: logged, the connection counted in no_dest
 )
 
 # TCP states (IP_VS_TCP_S_*) and their names in listings.
@@ -612,7 +613,9 @@ class Core:
                        _addr(pkt.af, pkt.daddr), pkt.dport)
         try:
             dest = state.scheduler.schedule(info, now)
-        except Exception:  # a broken plugin costs its service new connections, not the datapath
+        except Exception as exc:  # a broken plugin costs its connection a dest, not the datapath
+            self._counters["scheduler_error"] += 1
+            report_schedule_error(state.scheduler, state.svc, exc)
             dest = None
         if dest is not None and not any(dest is d for d in state.svc.dests):
             dest = None  # not one of this service's dests

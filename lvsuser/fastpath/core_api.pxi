@@ -11,6 +11,7 @@ import ipaddress as _ipaddress
 from lvsuser import model as _model
 from lvsuser import pyfastpath as _pyfastpath
 from lvsuser.fastpath import config as _config_mod
+from lvsuser.schedulers.base import report_schedule_error as _report_schedule_error
 
 PASS = LVS_PASS
 DROP = LVS_DROP
@@ -28,8 +29,10 @@ cdef int32_t lvs_py_schedule(lvs_core *core, uint32_t svc_idx, const lvs_pkt *p,
             result = (<Core>core.owner)._py_schedule(
                 svc_idx, p.af, p.proto, (<char *>(p.d + p.saddr_off))[:p.alen], p.sport,
                 (<char *>(p.d + p.daddr_off))[:p.alen], p.dport, now)
-        except BaseException:
+        except BaseException as exc:   # logged and counted; the packet gets no real server
             result = -1
+            core.counters[C_SCHEDULER_ERROR] += 1
+            (<Core>core.owner)._report_schedule_error(svc_idx, exc)
     return result
 
 
@@ -211,7 +214,7 @@ cdef int lvs_process_frame(lvs_core *core, lvs_frame *f, double now, bint csum_p
             c = &ct.entries[idx]
             if (c.protocol == p.proto and c.dport == p.sport and c.cport == p.dport
                     and ((c.flags & LVS_CONN_V6) != 0) == (p.alen == 16)
-                    and memcmp(c.caddr, d + p.daddr_off, p.alen) == 0
+                    and memcmp(lvs_caddr(ct, idx), d + p.daddr_off, p.alen) == 0
                     and memcmp(lvs_conn_dest(core, c).addr, d + p.saddr_off, p.alen) == 0):
                 break
             idx = c.next_out
@@ -588,6 +591,11 @@ cdef class Core:
         lvs_tables_free(old)
         self.generation += 1
 
+    def _report_schedule_error(self, uint32_t svc_idx, exc):
+        entry = self._py_scheds[svc_idx]
+        if entry is not None:
+            _report_schedule_error(entry[0], entry[1], exc)
+
     def _py_schedule(self, uint32_t svc_idx, int af, int proto, bytes saddr, int sport,
                      bytes daddr, int dport, double now):
         """Called from the C path with the GIL: a Python plugin picks a dest index or -1."""
@@ -737,8 +745,8 @@ cdef class Core:
             else:
                 left = lvs_conn_timeout_ms(self.c, c) // 1000
             row = dict(protocol=protocol,
-                       caddr=_pyfastpath._addr(af, (<char *>c.caddr)[:alen]), cport=c.cport,
-                       vaddr=_pyfastpath._addr(af, (<char *>c.vaddr)[:alen]), vport=c.vport,
+                       caddr=_pyfastpath._addr(af, (<char *>lvs_caddr(ct, i))[:alen]), cport=c.cport,
+                       vaddr=_pyfastpath._addr(af, (<char *>lvs_vaddr(ct, i))[:alen]), vport=c.vport,
                        daddr=_pyfastpath._addr(af, (<char *>d.addr)[:alen]), dport=c.dport,
                        state=state, expires=left, pe_name="", pe_data="")
             (templates if c.flags & LVS_CONN_TEMPLATE else rows).append(row)

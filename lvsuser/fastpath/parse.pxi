@@ -45,6 +45,7 @@ cdef enum:
     C_ONE_PACKET
     C_LOCAL_NODE
     C_ICMP_TUNNEL
+    C_SCHEDULER_ERROR
     C_NUM_COUNTERS
 
 cdef enum:

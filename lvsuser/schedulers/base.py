@@ -10,6 +10,8 @@ its (address, port) is the same.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import time
 from typing import Optional
 
 from lvsuser import model
@@ -22,6 +24,36 @@ IPPROTO_SCTP = model.IPPROTO_SCTP
 SCHEDNAME_MAXLEN = 15
 
 GOLDEN_RATIO_32 = 0x61C88647
+
+# A plugin that raises costs its connection a real server (ICMP port unreachable, as when no
+# dest is available), never the datapath; the operator learns of it from the log, at most once
+# per scheduler per this many seconds, with how many failures were not logged in between.
+SCHEDULE_ERROR_LOG_INTERVAL = 10.0
+_log = logging.getLogger("lvsuser.scheduler")
+_error_log_state: dict[int, list] = {}   # id(scheduler) -> [last log time, failures not logged]
+
+
+def _service_text(service) -> str:
+    """The service as ipvsadm -L -n names it: "TCP 198.18.0.100:80", "FWM 5"."""
+    if getattr(service, "fwmark", 0):
+        return f"FWM {service.fwmark}"
+    addr = f"[{service.addr}]" if service.af == model.AF_INET6 else str(service.addr)
+    return f"{model.PROTOCOL_NAMES.get(service.protocol, service.protocol)} {addr}:{service.port}"
+
+
+def report_schedule_error(scheduler, service, exc: BaseException) -> None:
+    """Log (rate-limited) that ``scheduler.schedule`` raised ``exc`` for ``service``."""
+    now = time.monotonic()
+    state = _error_log_state.setdefault(id(scheduler), [None, 0])
+    if state[0] is not None and now - state[0] < SCHEDULE_ERROR_LOG_INTERVAL:
+        state[1] += 1
+        return
+    name = getattr(scheduler, "name", type(scheduler).__name__)
+    where = _service_text(service)
+    more = f" ({state[1]} more failures since the last report)" if state[1] else ""
+    _log.warning("scheduler %s of %s raised %s: %s; the connection got no real server%s",
+                 name, where, type(exc).__name__, exc, more)
+    state[0], state[1] = now, 0
 
 
 @dataclasses.dataclass(frozen=True)

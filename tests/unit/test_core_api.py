@@ -3,6 +3,7 @@ while batches run, flat lookups, plugin failures, bad configuration."""
 from __future__ import annotations
 
 import ipaddress
+import logging
 import threading
 import time
 
@@ -10,6 +11,7 @@ import pytest
 from scapy.all import IP, UDP, Ether, raw
 
 from lvsuser import model
+from lvsuser.schedulers import base as sched_base
 from lvsuser.fastpath.config import CoreConfig, DestRoute
 from lvsuser.pyfastpath import DROP, REPLY, TX
 from tests.unit.golden import (ADDRS, CLIENT_MAC, CORE_IDS, CORES, DIR_CLIENT_MAC, IF_CLIENT,
@@ -37,8 +39,8 @@ def test_batch_entry_matches_single_frames(core_cls):
     assert one.counters() == many.counters()
 
 
-def test_connection_entry_is_64_bytes():
-    assert compiled.Core.conn_entry_size() == 64
+def test_connection_entry_is_40_bytes():
+    assert compiled.Core.conn_entry_size() == 40
 
 
 def test_publish_while_batches_run():
@@ -113,7 +115,7 @@ def test_lookups_stay_flat_as_the_table_grows():
 
 
 @pytest.mark.parametrize("core_cls", CORES, ids=CORE_IDS)
-def test_a_failing_plugin_costs_only_new_connections(core_cls):
+def test_a_failing_plugin_costs_only_new_connections(core_cls, caplog, monkeypatch):
     class Broken:
         def __init__(self, service):
             self.service = service
@@ -126,9 +128,25 @@ def test_a_failing_plugin_costs_only_new_connections(core_cls):
 
     core = core_cls(scheduler_factory=lambda name, svc: Broken(svc))
     core.publish(make_config([make_service(protocol=model.IPPROTO_UDP, scheduler="broken")]))
-    verdict, out, ifindex = core.process(udp_frame(5), IF_CLIENT, 1.0)
-    assert verdict == REPLY and ifindex == IF_CLIENT       # ICMP port unreachable, as ip_vs_leave
-    assert core.counters()["no_dest"] == 1
+    monkeypatch.setattr(sched_base, "_error_log_state", {})
+    with caplog.at_level(logging.WARNING, logger="lvsuser.scheduler"):
+        verdict, out, ifindex = core.process(udp_frame(5), IF_CLIENT, 1.0)
+        assert verdict == REPLY and ifindex == IF_CLIENT   # ICMP port unreachable, as ip_vs_leave
+        for port in range(6, 10):   # more failures within the interval: counted, not logged
+            core.process(udp_frame(port), IF_CLIENT, 1.0)
+    counters = core.counters()
+    assert counters["no_dest"] == 5 and counters["scheduler_error"] == 5
+    messages = [r.getMessage() for r in caplog.records if r.name == "lvsuser.scheduler"]
+    assert messages == ["scheduler Broken of UDP 198.18.0.100:80 raised RuntimeError: plugin bug; "
+                        "the connection got no real server"]
+    # after the interval the next failure is logged again, with what was not logged meanwhile
+    state = sched_base._error_log_state
+    for entry in state.values():
+        entry[0] -= sched_base.SCHEDULE_ERROR_LOG_INTERVAL
+    with caplog.at_level(logging.WARNING, logger="lvsuser.scheduler"):
+        core.process(udp_frame(11), IF_CLIENT, 1.0)
+    last = [r.getMessage() for r in caplog.records if r.name == "lvsuser.scheduler"][-1]
+    assert last.endswith("(4 more failures since the last report)")
 
 
 @pytest.mark.parametrize("core_cls", CORES, ids=CORE_IDS)

@@ -146,12 +146,21 @@ class BenchTopology:
 
     # --------------------------------------------------------------- delivered packets
     def _install_counter(self, ns: str) -> None:
+        # A benchmark packet counts where it reaches the real server, before the real server's
+        # own work, and goes no further: a plain UDP packet (forwarding, DNAT, NAT, DR) or, for
+        # TUN, the IP-in-IP packet with a benchmark UDP packet inside (inner IPv4 header without
+        # options: protocol at byte 9, destination port at bytes 22-23 after the outer header).
+        # Counting TUN after decapsulation would measure the real server's decapsulator instead
+        # of the director (on this host without ipip, a Python process at ~100k packets/s), and
+        # its CPU would be taken from the director's core.
         self.nft(ns, f"""
 table inet {COUNTER_TABLE} {{
     counter {COUNTER_NAME} {{ }}
     chain pre {{
         type filter hook prerouting priority raw; policy accept;
         udp dport {UDP_PORT} counter name "{COUNTER_NAME}" drop
+        meta nfproto ipv4 ip protocol 4 @th,0,8 0x45 @th,72,8 17 @th,176,16 {UDP_PORT} \
+            counter name "{COUNTER_NAME}" drop
     }}
 }}
 """)

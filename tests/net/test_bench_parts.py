@@ -145,3 +145,43 @@ def test_unavailable_candidate_is_reported_with_its_reason(tmp_path):
     assert "**not measured**: NAT packet rate" in text
     assert "1.33x" in text  # forward / nft-dnat packet rate, in the ratio table
     assert os.path.getsize(paths["png"]) > 0
+
+
+SEND_FRAMES = r"""
+import sys
+from scapy.all import IP, TCP, UDP, Ether, Raw, sendp
+ifname, dst_mac, src, rip, vip, port = sys.argv[1:7]
+port = int(port)
+payload = Raw(b"x" * 18)
+frames = [
+    IP(src=src, dst=rip) / UDP(sport=1000, dport=port) / payload,                        # counted
+    IP(src=src, dst=rip, proto=4) / IP(src="198.18.0.2", dst=vip) / UDP(sport=1001, dport=port)
+    / payload,                                                                            # counted
+    IP(src=src, dst=rip) / UDP(sport=1002, dport=port + 1) / payload,
+    IP(src=src, dst=rip, proto=4) / IP(src="198.18.0.2", dst=vip) / UDP(sport=1003, dport=port + 1)
+    / payload,
+    IP(src=src, dst=rip, proto=4) / IP(src="198.18.0.2", dst=vip) / TCP(sport=1004, dport=port),
+    IP(src=src, dst=rip, proto=4) / IP(src="198.18.0.2", dst=vip, options=b"\x01\x01\x01\x00")
+    / UDP(sport=1005, dport=port) / payload,        # inner options: the fixed offsets do not hold
+]
+sendp([Ether(dst=dst_mac) / f for f in frames], iface=ifname, verbose=False)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+def test_real_servers_count_plain_and_tunnelled_benchmark_packets():
+    """The delivered-packet counter takes plain benchmark UDP and, for TUN, IP-in-IP carrying
+    benchmark UDP, where it reaches the real server (before decapsulation), and nothing else."""
+    import sys
+    from bench.topology import BenchTopology
+    with BenchTopology("lvsbc") as topo:
+        rs = topo.real_servers[0]
+        before = topo.delivered()[rs.name][1]
+        rs_mac = topo.mac(rs.ns, "eth0")
+        result = topo.run(topo.director, [sys.executable, "-c", SEND_FRAMES, rs.director_if, rs_mac,
+                                          rs.director_side, rs.addr, VIP, str(UDP_PORT)],
+                          timeout=60)
+        assert result.returncode == 0, result.stderr
+        after = topo.delivered()
+        assert after[rs.name][1] - before == 2
+        assert after[topo.real_servers[1].name][1] == 0

@@ -157,8 +157,99 @@ class _MiniRouter:
         return (2, dst_mac + src_mac + frame[12:], oif)
 
 
-@pytest.mark.parametrize("tx", ["ring", "mmsg"])
-def test_afpacket_driver_forwards_tso_and_partial_checksums(topo, tx):
+def _two_legged_router(topo):
+    """a -- d -- b on veths, ip_forward 0 in d: only a driver in d can carry traffic across.
+    Returns the namespaces and a _MiniRouter core for d's two interfaces."""
+    a, d, b = topo.add_ns("a"), topo.add_ns("d"), topo.add_ns("b")
+    topo.veth(a, "eth0", d, "ea")
+    topo.veth(b, "eth0", d, "eb")
+    topo.addr(a, "eth0", "198.18.8.2/24")
+    topo.addr(d, "ea", "198.18.8.1/24")
+    topo.addr(b, "eth0", "198.18.9.2/24")
+    topo.addr(d, "eb", "198.18.9.1/24")
+    topo.route(a, "default", "198.18.8.1")
+    topo.route(b, "default", "198.18.9.1")
+
+    def mac(ns, ifname):
+        return bytes.fromhex(topo.mac(ns, ifname).replace(":", ""))
+
+    from pyroute2 import IPRoute
+
+    with IPRoute(netns=d) as ipr:
+        ia = ipr.link_lookup(ifname="ea")[0]
+        ib = ipr.link_lookup(ifname="eb")[0]
+    core = _MiniRouter({bytes([198, 18, 9, 2]): (ib, mac(d, "eb"), mac(b, "eth0")),
+                        bytes([198, 18, 8, 2]): (ia, mac(d, "ea"), mac(a, "eth0"))})
+    return a, d, b, [(ia, 1500), (ib, 1500)], core
+
+
+def _thread_cpu_seconds(thread: threading.Thread) -> float:
+    with open(f"/proc/self/task/{thread.native_id}/schedstat") as f:
+        return int(f.read().split()[0]) / 1e9
+
+
+# A bounded UDP burst from a to b (b has no listener: its kernel answers port unreachable, which
+# the driver carries back): COUNT datagrams, at most SECONDS.
+_UDP_BURST = """
+import socket, sys, time
+count, seconds = int(sys.argv[1]), float(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+end = time.monotonic() + seconds
+for i in range(count):
+    try:
+        s.sendto(b"x" * 18, ("198.18.9.2", 9))
+    except OSError:
+        pass
+    if i % 256 == 0 and time.monotonic() > end:
+        break
+"""
+
+
+def test_afpacket_busy_poll_spins_only_under_traffic(topo):
+    """The RX busy-poll replaces most poll() calls while frames flow, and only then: idle, the
+    driver sleeps (a spin that did not stop when traffic does would burn a core), and stop()
+    is seen promptly even while the spin keeps finding frames."""
+    from lvsuser import _fastpath
+
+    a, d, b, ports, core = _two_legged_router(topo)
+    with pytest.raises(ValueError):
+        _fastpath.AfPacketDriver(core, ports, None, "ring", -1)
+    driver = topo.call_in(d, _fastpath.AfPacketDriver, core, ports, None, "ring", 10000)
+    assert driver.busy_poll_us == 10000
+    runner = threading.Thread(target=driver.run, daemon=True)
+    runner.start()
+    try:
+        burst = topo.run(a, [sys.executable, "-c", _UDP_BURST, "20000", "5"], timeout=30)
+        assert burst.returncode == 0, burst.stderr
+        time.sleep(0.3)     # the last spin (10 ms) is long over
+        stats = driver.stats()
+        assert stats["rx_frames"] > 1000, stats
+        # under traffic most batches came from the spin, not from a poll() wake-up
+        assert stats["wakeups"] < stats["batches"], stats
+        before = _thread_cpu_seconds(runner)
+        time.sleep(1.0)
+        idle = _thread_cpu_seconds(runner) - before
+        assert idle < 0.05, f"the idle driver used {idle:.3f} s of CPU in 1 s"
+
+        # stop() while a burst is still running: the spin must not keep the loop from seeing it
+        sender = topo.popen(a, [sys.executable, "-c", _UDP_BURST, "2000000", "4"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(0.5)
+            driver.stop()
+            runner.join(2)
+            assert not runner.is_alive(), "stop() was not seen during traffic"
+        finally:
+            sender.kill()
+            sender.wait(10)
+    finally:
+        driver.stop()
+        runner.join(5)
+    driver.close()
+
+
+@pytest.mark.parametrize("tx,busy_poll_us", [("ring", 0), ("mmsg", 0), ("ring", 200)])
+def test_afpacket_driver_forwards_tso_and_partial_checksums(topo, tx, busy_poll_us):
     """veth hands the ring TSO super-frames with partial checksums; the driver must cut them at
     the MTU and complete the checksums, or the receiver drops everything."""
     from lvsuser import _fastpath
@@ -185,7 +276,8 @@ def test_afpacket_driver_forwards_tso_and_partial_checksums(topo, tx):
         ib = ipr.link_lookup(ifname="eb")[0]
     core = _MiniRouter({bytes([198, 18, 9, 2]): (ib, mac(d, "eb"), mac(b, "eth0")),
                         bytes([198, 18, 8, 2]): (ia, mac(d, "ea"), mac(a, "eth0"))})
-    driver = topo.call_in(d, _fastpath.AfPacketDriver, core, [(ia, 1500), (ib, 1500)], None, tx)
+    driver = topo.call_in(d, _fastpath.AfPacketDriver, core, [(ia, 1500), (ib, 1500)], None, tx,
+                          busy_poll_us)
     runner = threading.Thread(target=driver.run, daemon=True)
     runner.start()
     try:

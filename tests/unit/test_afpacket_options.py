@@ -1,0 +1,31 @@
+"""Options of the AF_PACKET driver that can be checked without root or namespaces."""
+from __future__ import annotations
+
+import pytest
+
+from lvsuser.backends.base import BackendUnavailable
+
+userspace = pytest.importorskip("lvsuser.backends.userspace")
+
+
+def test_busy_poll_from_environment(monkeypatch):
+    monkeypatch.delenv(userspace.AFPACKET_BUSY_POLL_ENV, raising=False)
+    assert userspace.afpacket_busy_poll_us() == userspace.AFPACKET_BUSY_POLL_DEFAULT
+    monkeypatch.setenv(userspace.AFPACKET_BUSY_POLL_ENV, "0")
+    assert userspace.afpacket_busy_poll_us() == 0
+    monkeypatch.setenv(userspace.AFPACKET_BUSY_POLL_ENV, " 75 ")
+    assert userspace.afpacket_busy_poll_us() == 75
+    for bad in ("-1", "10001", "fast", "1.5"):
+        monkeypatch.setenv(userspace.AFPACKET_BUSY_POLL_ENV, bad)
+        with pytest.raises(BackendUnavailable, match=userspace.AFPACKET_BUSY_POLL_ENV):
+            userspace.afpacket_busy_poll_us()
+
+
+def test_driver_refuses_busy_poll_out_of_range():
+    fastpath = pytest.importorskip("lvsuser._fastpath")
+    if not hasattr(fastpath, "AfPacketDriver"):
+        pytest.skip("built without the I/O drivers")
+    # checked before any socket is opened, so no root is needed
+    for bad in (-1, 10001):
+        with pytest.raises(ValueError, match="busy_poll_us"):
+            fastpath.AfPacketDriver(object(), [(1, 1500)], None, "ring", bad)

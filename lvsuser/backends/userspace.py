@@ -48,13 +48,17 @@ IO_TUN = "tun"
 AFPACKET_TX_ENV = "LVSUSER_AFPACKET_TX"
 # Microseconds the AF_PACKET driver watches its RX rings for the next frame, after a wake-up that
 # found some, before it sleeps in poll() again (0: always poll).  Idle, it sleeps as before.
-# Measured on the DR benchmark (2 vCPUs, 64-byte UDP, 4 rounds x 2 s alternating): poll() wake-ups
-# fell from ~240,000 to ~2,400 per run; with the linear TX frames (io_afpacket.pxi) the rate was
-# 470k pps without the spin and 487-504k with it (20-100 us all alike, within noise): a director
-# that sleeps more is woken more, and each wake-up costs the sender's CPU an IPI.  The NAT HTTP
-# p50 (one request at a time) fell from 81 us to 35-42 us: the reply often comes within the spin.
+# Off by default.  Measured on the bench (2 vCPUs shared by client, director and real servers;
+# 3 rounds x 3 s alternating, `python3 -m bench --only forward,lvsuser-nat-afpacket,
+# lvsuser-dr-afpacket --metrics udp_flows_pps,http_p50_us`), 0 against 20 us:
+#   64-byte UDP pps   NAT 511,898 / 496,079   DR 510,841 / 510,962   (no gain)
+#   HTTP p50          NAT 83 / 46 us          DR 49 / 38 us           (the reply comes within the spin)
+#   HTTP p99          NAT 196 / 302 us        DR 211 / 1,620 us       (the spinner holds a CPU the
+#                                                                      servers and client need)
+# (sched_yield() inside the spin did not help the tail.)  On a host whose director has a core of
+# its own the spin is worth turning on: it trades a busy core for the wake-up latency.
 AFPACKET_BUSY_POLL_ENV = "LVSUSER_AFPACKET_BUSY_POLL_US"
-AFPACKET_BUSY_POLL_DEFAULT = 20
+AFPACKET_BUSY_POLL_DEFAULT = 0
 
 
 def afpacket_busy_poll_us() -> int:

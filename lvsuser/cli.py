@@ -5,6 +5,7 @@
     lvsuser ipvsadm ARGS...                                  ipvsadm 1.31, against the director
     lvsuser mark add|del N [-t|-u] DST[/PREFIX] [--dport P[-Q]] [--source SRC]
     lvsuser mark list                                        firewall-mark rules for -f services
+    lvsuser counters [--all] [--json]                        the datapath's counters, explained
     lvsuser realserver MODE ...                              set up a real server (nat/tun/dr)
     lvsuser lab ...                                          the seed lab in namespaces
     lvsuser bench ...                                        benchmarks
@@ -25,6 +26,7 @@ commands:
   run          run the director (control socket, rules file, datapath)
   ipvsadm      the ipvsadm command line, talking to the director
   mark         manage firewall-mark rules for fwmark (-f) services
+  counters     what the director's datapath did with each packet (forwarded, dropped: why)
   realserver   configure this host as a real server (nat, tun, dr)
   lab          the classic LVS lab in network namespaces
   bench        benchmarks
@@ -36,6 +38,7 @@ _DELEGATES = {
     "run": ("lvsuser.control.daemon", "main"),
     "ipvsadm": ("lvsuser.control.ipvsadm", "main"),
     "mark": ("lvsuser.cli", "mark_main"),
+    "counters": ("lvsuser.counters", "main"),
     "realserver": ("lvsuser.hosts.cli", "main"),
     "lab": ("lvsuser.lab.cli", "main"),
     "bench": ("bench.__main__", "main"),

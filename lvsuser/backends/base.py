@@ -34,6 +34,11 @@ class Backend(abc.ABC):
     def get_info(self) -> dict:
         """{'version': (1, 2, 1), 'conn_tab_size': 4096}"""
 
+    def get_counters(self) -> dict:
+        """{'core': {name: n}, 'io': {name: n}}: what the datapath did with every packet (see
+        lvsuser/counters.py).  Only a backend with a datapath of its own has them."""
+        raise NotImplementedError
+
     # --- services -----------------------------------------------------------------------
     @abc.abstractmethod
     def add_service(self, svc: Service) -> None: ...

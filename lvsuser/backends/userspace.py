@@ -417,6 +417,9 @@ class UserspaceBackend(TableBackend):
         with self._core_lock:
             return dict(self.core.counters())
 
+    def get_counters(self) -> dict:
+        return {"core": self.core_counters(), "io": self.driver_stats()}
+
     def driver_stats(self) -> dict:
         out = {}
         for driver in self._drivers:
@@ -432,11 +435,14 @@ class UserspaceBackend(TableBackend):
             self._closed = True
         if self._monitor is not None:
             self._monitor.stop()
-        # what the drivers counted, kept for whoever reads the log (drops by reason, batches)
+        # what the core and the drivers counted, kept for whoever reads the log (drops by
+        # reason, batches): `lvsuser counters` asks a running director for the same
         stats = self.driver_stats()
         self._stop_drivers()
-        if stats:
-            log.info("I/O counters: %s", ", ".join(f"{k}={v}" for k, v in sorted(stats.items()) if v))
+        for title, counters in (("core", self.core_counters()), ("I/O", stats)):
+            nonzero = ", ".join(f"{k}={v}" for k, v in counters.items() if v)
+            if nonzero:
+                log.info("%s counters: %s", title, nonzero)
         if self._guard is not None:
             self._guard.remove()
         if self._tunroutes is not None:

@@ -88,6 +88,9 @@ class RemoteBackend(Backend):
     def get_info(self) -> dict:
         return self.call("get_info")
 
+    def get_counters(self) -> dict:
+        return self.call("get_counters")
+
     def add_service(self, svc: Service) -> None:
         self.call("add_service", svc=svc)
 

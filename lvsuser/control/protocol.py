@@ -45,7 +45,7 @@ ENV_SOCKET = "LVSUSER_CONTROL"
 
 # Backend methods a client may call.
 OPERATIONS = frozenset({
-    "ping", "get_info",
+    "ping", "get_info", "get_counters",
     "add_service", "edit_service", "del_service", "get_services", "get_service", "flush", "zero",
     "add_dest", "edit_dest", "del_dest",
     "get_timeouts", "set_timeouts", "get_connections",

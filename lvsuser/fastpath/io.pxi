@@ -116,6 +116,14 @@ cdef struct lvs_io_counters:
     uint64_t socket_errors       # errors pending on a ring's socket (interface went down)
 
 
+def io_counter_names():
+    """The names of the I/O drivers' counters, in order: the keys of every driver's stats()."""
+    cdef lvs_io_counters zero
+    memset(&zero, 0, sizeof(zero))
+    cdef dict as_dict = zero
+    return tuple(as_dict)
+
+
 cdef inline double io_now() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)

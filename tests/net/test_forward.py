@@ -18,6 +18,7 @@ Addresses: client net 198.18.0.0/24, real-server net 198.18.1.0/24 (NAT); one se
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -78,6 +79,13 @@ class Director:
         if check and result.returncode != 0:
             raise AssertionError(f"ipvsadm {' '.join(args)} failed: {result.stderr}{self.log()}")
         return result
+
+    def counters(self) -> dict:
+        """`lvsuser counters --json`: what the datapath counted, by reason."""
+        result = self.topo.run(self.ns, LVSUSER + ["counters", "--control", self.sock, "--json"],
+                               timeout=20)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
 
     def log(self) -> str:
         try:
@@ -329,8 +337,60 @@ def test_connection_table_bound(topo, sock_path, lvsuser_ready):
         rows = [line for line in director.ipvsadm("-Lnc").stdout.splitlines()
                 if line.startswith("UDP")]
         assert len(rows) == 3, rows
+        core = director.counters()["core"]
+        # the two refused clients each tried three times
+        assert core["conn_new"] == 3 and core["table_full"] == 6, core
     finally:
         assert director.stop() == 0, director.log()
+
+
+# Sent from the client at layer 2 (a raw IP socket would have the kernel fix the checksum).
+BAD_FRAMES = r"""
+import sys
+from scapy.all import Ether, IP, TCP, UDP, Raw, sendp
+dst_mac, vip = sys.argv[1], sys.argv[2]
+eth = Ether(dst=dst_mac)
+frames = []
+frames += [eth / IP(dst=vip, flags="MF", frag=0, id=7) / UDP(dport=5353) / Raw(b"x" * 32)] * 3
+frames += [eth / IP(dst=vip, chksum=0x1234) / TCP(dport=80, flags="S")] * 2
+raw = bytes(eth / IP(dst=vip) / TCP(dport=80, flags="S"))
+frames += [Raw(raw[:14 + 20 + 6])]  # shorter than its IP total length says
+sendp(frames, iface="eth0", verbose=False)
+"""
+
+
+def test_malformed_frames_are_counted_by_reason_and_lose_nothing(topo, sock_path, lvsuser_ready):
+    """Fragments, a bad IPv4 checksum and a packet cut short, all to the VIP: each lands in its
+    own counter (read with `lvsuser counters`), none reaches a real server, and the service
+    goes on answering."""
+    cl, dr, rs = build_nat(topo)
+    for n, ns in enumerate(rs):
+        start_realserver(topo, ns, f"rs{n + 1}", "0.0.0.0")
+    director = Director(topo, dr, sock_path)
+    director.start()
+    try:
+        director.ipvsadm("-A", "-t", f"{VIP_NAT}:80", "-s", "rr")
+        director.ipvsadm("-A", "-u", f"{VIP_NAT}:5353", "-s", "rr")
+        for n in (11, 12):
+            director.ipvsadm("-a", "-t", f"{VIP_NAT}:80", "-r", f"198.18.1.{n}:80", "-m")
+            director.ipvsadm("-a", "-u", f"{VIP_NAT}:5353", "-r", f"198.18.1.{n}:5353", "-m")
+        before = director.counters()["core"]
+        mac = topo.run(dr, ["cat", "/sys/class/net/eth0/address"]).stdout.strip()
+        sent = topo.run(cl, [sys.executable, "-c", BAD_FRAMES, mac, VIP_NAT], timeout=30)
+        assert sent.returncode == 0, sent.stderr
+        core = wait_for(lambda: (lambda c: c if c["ip_truncated"] > before["ip_truncated"] else None)(
+            director.counters()["core"]), timeout=5)
+        assert core, director.counters()
+        grown = {k: core[k] - before[k] for k in core if core[k] != before[k]}
+        assert grown.get("fragment") == 3 and grown.get("ip_bad_checksum") == 2, grown
+        assert grown.get("ip_truncated") == 1, grown
+        assert "conn_new" not in grown and "fwd_in" not in grown, grown
+        text = topo.run(dr, LVSUSER + ["counters", "--control", sock_path]).stdout
+        assert "dropped: a fragment to a VIP" in text and "IPv4 header checksum wrong" in text
+        assert curl_names(topo, cl, f"http://{VIP_NAT}/", 2) == ["rs2", "rs1"]
+    finally:
+        assert director.stop() == 0, director.log()
+    assert "core counters: " in director.log() and "fragment=3" in director.log()
 
 
 def _segment_services(director, method):
@@ -452,6 +512,72 @@ def test_nat_ipv6(topo, tmp_path, sock_path, lvsuser_ready):
                   and not p.haslayer(scapy_all.ICMPv6ND_NA) and not p.haslayer(scapy_all.ICMPv6ND_NS)
                   and (p[ip6].src == VIP6 or p[ip6].src.startswith("2001:db8:0:2::")
                        or (p.haslayer(scapy_all.TCP) and p[scapy_all.TCP].flags & 0x04))]
+        assert not kernel, [p.summary() for p in kernel[:5]]
+    finally:
+        assert director.stop() == 0, director.log()
+
+
+VIP6_SEG = "2001:db8:0:3::100"
+
+
+def build_segment6(topo, local_vip):
+    """The DR segment in IPv6: client ::2, director ::1, rs1 ::11, rs2 ::12 in 2001:db8:0:3::/64."""
+    cl, dr, sw = topo.add_ns("cl"), topo.add_ns("dr"), topo.add_ns("sw")
+    rs = [topo.add_ns("rsa"), topo.add_ns("rsb")]
+    hosts = [(cl, "::2"), (dr, "::1"), (rs[0], "::11"), (rs[1], "::12")]
+    for ns in (cl, dr, sw, *rs):
+        topo.sysctl(ns, "net.ipv6.conf.default.accept_dad", 0)
+        topo.sysctl(ns, "net.ipv6.conf.all.accept_dad", 0)
+    for n, (ns, host) in enumerate(hosts):
+        topo.veth(ns, "eth0", sw, f"p{n}")
+        topo.addr(ns, "eth0", f"2001:db8:0:3{host}/64")
+    topo.bridge(sw, "br0", [f"p{n}" for n in range(len(hosts))])
+    if local_vip:
+        topo.addr(dr, "eth0", f"{VIP6_SEG}/128")
+    for ns in rs:
+        topo.realserver(ns, "dr", "--vip", VIP6_SEG)
+    return cl, dr, rs
+
+
+@pytest.mark.parametrize("local_vip", [True, False], ids=["vip-on-director", "vip-answered-by-core"])
+def test_dr_ipv6(topo, tmp_path, sock_path, lvsuser_ready, local_vip):
+    """DR in IPv6: only the destination MAC changes; the real servers (VIP on lo) answer the
+    client straight from the VIP, and only the director answers neighbour discovery for it."""
+    cl, dr, rs = build_segment6(topo, local_vip)
+    director = Director(topo, dr, sock_path)
+    director.start()
+    try:
+        for port, proto in ((80, "-t"), (5353, "-u")):
+            director.ipvsadm("-A", proto, f"[{VIP6_SEG}]:{port}", "-s", "rr")
+            for n in (11, 12):
+                director.ipvsadm("-a", proto, f"[{VIP6_SEG}]:{port}", "-r", f"[2001:db8:0:3::{n}]", "-g")
+        for n, ns in enumerate(rs):
+            start_realserver(topo, ns, f"rs{n + 1}", "::", udp_addr=VIP6_SEG)
+        client_cap = Capture(topo, cl, "eth0", str(tmp_path / "client6.pcap"), bpf="ip6")
+        kernel_cap = Capture(topo, dr, "eth0", str(tmp_path / "dir6.pcap"), direction="out", bpf="ip6")
+
+        names = curl_names(topo, cl, f"http://[{VIP6_SEG}]/", 4)
+        assert names == ["rs2", "rs1"] * 2, names
+        udp = topo.run(cl, [sys.executable, "-c", UDP6_CLIENT, VIP6_SEG, "5353"], timeout=15)
+        words = udp.stdout.split()
+        assert len(words) == 3 and words[0] in ("rs1", "rs2") and words[2] == VIP6_SEG, udp
+
+        # the client reached the VIP at the director's MAC: no real server answered ND for it
+        director_mac = topo.run(dr, ["cat", "/sys/class/net/eth0/address"]).stdout.strip()
+        neigh = topo.run(cl, ["ip", "-6", "neigh", "show", VIP6_SEG]).stdout
+        assert director_mac in neigh, (neigh, director_mac)
+
+        ip6, eth = scapy_all.IPv6, scapy_all.Ether
+        seen = [p for p in client_cap.packets() if p.haslayer(ip6) and p[ip6].dst == "2001:db8:0:3::2"
+                and (p.haslayer(scapy_all.TCP) or p.haslayer(scapy_all.UDP))]
+        assert seen and all(p[ip6].src == VIP6_SEG for p in seen), [p.summary() for p in seen[:5]]
+        # answers come straight from the real servers' MACs, never through the director
+        assert all(p[eth].src != director_mac for p in seen), [p.summary() for p in seen[:5]]
+        kernel = [p for p in kernel_cap.packets() if p.haslayer(ip6)
+                  and not p.haslayer(scapy_all.ICMPv6ND_NA) and not p.haslayer(scapy_all.ICMPv6ND_NS)
+                  and (p[ip6].src == VIP6_SEG
+                       or (p.haslayer(scapy_all.TCP) and p[scapy_all.TCP].flags & 0x04)
+                       or p.haslayer(scapy_all.ICMPv6DestUnreach))]
         assert not kernel, [p.summary() for p in kernel[:5]]
     finally:
         assert director.stop() == 0, director.log()

@@ -75,15 +75,21 @@ IO_HELP = {
 def format_counters(counters: dict, show_all: bool = False) -> str:
     """Text for `lvsuser counters`: one line per counter, value and meaning; zeros left out
     unless SHOW_ALL.  COUNTERS is {'core': {...}, 'io': {...}} as the control socket gives it."""
-    lines = []
+    sections = []
     for section, title, helps in (("core", "datapath core", CORE_HELP),
                                   ("io", "I/O drivers", IO_HELP)):
         values = counters.get(section) or {}
-        rows = [(name, value) for name, value in values.items() if show_all or value]
+        rows = [(name, f"{value:,}", helps.get(name, "")) for name, value in values.items()
+                if show_all or value]
+        sections.append((title, rows))
+    every = [row for _, rows in sections for row in rows]
+    name_width = max((len(name) for name, _, _ in every), default=0)
+    value_width = max((len(value) for _, value, _ in every), default=0)
+    lines = []
+    for title, rows in sections:
         lines.append(f"{title}:" if rows else f"{title}: all zero")
-        width = max((len(name) for name, _ in rows), default=0)
-        for name, value in rows:
-            lines.append(f"  {name:<{width}} {value:>14,}  {helps.get(name, '')}".rstrip())
+        for name, value, text in rows:
+            lines.append(f"  {name:<{name_width}}  {value:>{value_width}}  {text}".rstrip())
     return "\n".join(lines) + "\n"
 
 

@@ -216,6 +216,7 @@ def run_lab(mode: str, keep: bool, broken: str | None, count: int,
                 for role in ("client", "director", "rs1", "rs2"):
                     print(f"  ip netns exec {lab.ns[role]} bash")
                 print(f"  LVSUSER_CONTROL={lab.control} lvsuser ipvsadm -L -n")
+                print(f"  LVSUSER_CONTROL={lab.control} lvsuser counters")
                 print(f"  ip netns exec {lab.ns['client']} curl http://{plan.vip}:{plan.port}/")
                 print("remove it with: lvsuser lab down")
     except LabError as exc:

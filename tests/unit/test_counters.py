@@ -24,8 +24,8 @@ def test_format_leaves_out_zeros_unless_asked():
               "io": {"rx_frames": 0, "tx_frames": 0}}
     text = counters.format_counters(values)
     assert text == ("datapath core:\n"
-                    "  rx            1,234,567  frames the core looked at\n"
-                    "  fragment              3  dropped: a fragment to a VIP (no reassembly in user space)\n"
+                    "  rx        1,234,567  frames the core looked at\n"
+                    "  fragment          3  dropped: a fragment to a VIP (no reassembly in user space)\n"
                     "I/O drivers: all zero\n")
     full = counters.format_counters(values, show_all=True)
     assert "  no_dest " in full and "  tx_frames " in full and "all zero" not in full

@@ -533,6 +533,9 @@ class Core:
         state = self._find_service(pkt, mark)
         if state is None and pkt.fragment and self._is_vip(pkt):
             raise _Reject("fragment")  # a fragment carries no ports: any service on the VIP
+        if state is None and pkt.sport < 0 and pkt.proto in (model.IPPROTO_TCP, model.IPPROTO_UDP) \
+                and self._is_vip(pkt):
+            raise _Reject("l4_truncated")  # no ports to find its service by; the kernel drops it too
         if state is None:
             self._counters["pass_not_service"] += 1
             return (PASS, None, 0)

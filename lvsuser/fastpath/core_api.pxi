@@ -223,6 +223,9 @@ cdef int lvs_process_frame(lvs_core *core, lvs_frame *f, double now, bint csum_p
     svc_idx = lvs_find_service(t, &p, lvs_mark_of(t, &p) if t.num_marks else 0)
     if svc_idx < 0 and p.fragment and lvs_is_vip(t, &p):
         return lvs_drop(core, f, C_FRAGMENT)   # a fragment carries no ports: any service on the VIP
+    if svc_idx < 0 and not p.has_ports and (p.proto == PROTO_TCP_ or p.proto == PROTO_UDP_) \
+            and lvs_is_vip(t, &p):
+        return lvs_drop(core, f, C_L4_TRUNCATED)   # no ports to find its service by; the kernel drops it too
     if svc_idx < 0:
         return lvs_pass(core, f, C_PASS_NOT_SERVICE)
     if p.fragment:

@@ -361,13 +361,14 @@ frames += [eth / IP(dst=vip, flags="MF", frag=0, id=7) / UDP(dport=5353) / Raw(b
 frames += [eth / IP(dst=vip, chksum=0x1234) / TCP(dport=80, flags="S")] * 2
 raw = bytes(eth / IP(dst=vip) / TCP(dport=80, flags="S"))
 frames += [Raw(raw[:14 + 20 + 6])]  # shorter than its IP total length says
+frames += [eth / IP(dst=vip, proto=6) / Raw(bytes(TCP(dport=80))[:6])]  # TCP header cut short
 sendp(frames, iface="eth0", verbose=False)
 """
 
 
 def test_malformed_frames_are_counted_by_reason_and_lose_nothing(topo, sock_path, lvsuser_ready):
-    """Fragments, a bad IPv4 checksum and a packet cut short, all to the VIP: each lands in its
-    own counter (read with `lvsuser counters`), none reaches a real server, and the service
+    """Fragments, a bad IPv4 checksum, a packet cut short and a TCP header cut short, all to
+    the VIP: each lands in its own counter (read with `lvsuser counters`), none reaches a real server, and the service
     goes on answering."""
     cl, dr, rs = build_nat(topo)
     for n, ns in enumerate(rs):
@@ -384,12 +385,12 @@ def test_malformed_frames_are_counted_by_reason_and_lose_nothing(topo, sock_path
         mac = mac_of(topo, dr, "eth0")
         sent = topo.run(cl, [sys.executable, "-c", BAD_FRAMES, mac, VIP_NAT], timeout=30)
         assert sent.returncode == 0, sent.stderr
-        core = wait_for(lambda: (lambda c: c if c["ip_truncated"] > before["ip_truncated"] else None)(
+        core = wait_for(lambda: (lambda c: c if c["l4_truncated"] > before["l4_truncated"] else None)(
             director.counters()["core"]), timeout=5)
         assert core, director.counters()
         grown = {k: core[k] - before[k] for k in core if core[k] != before[k]}
         assert grown.get("fragment") == 3 and grown.get("ip_bad_checksum") == 2, grown
-        assert grown.get("ip_truncated") == 1, grown
+        assert grown.get("ip_truncated") == 1 and grown.get("l4_truncated") == 1, grown
         assert "conn_new" not in grown and "fwd_in" not in grown, grown
         text = topo.run(dr, LVSUSER + ["counters", "--control", sock_path]).stdout
         assert "dropped: a fragment to a VIP" in text and "IPv4 header checksum wrong" in text

@@ -229,7 +229,12 @@ def test_afpacket_busy_poll_spins_only_under_traffic(topo):
         before = _thread_cpu_seconds(runner)
         time.sleep(1.0)
         idle = _thread_cpu_seconds(runner) - before
-        assert idle < 0.05, f"the idle driver used {idle:.3f} s of CPU in 1 s"
+        # A stray frame (neighbour discovery...) may still arrive, and each wake-up that finds
+        # one spins its 10 ms: allow those, and 20 ms for the rest.  A spin that never stops
+        # would use the whole second.
+        spins = driver.stats()["batches"] - stats["batches"]
+        allowed = 0.020 + spins * 0.010 * 1.5
+        assert idle < allowed, f"the idle driver used {idle:.3f} s of CPU in 1 s ({spins} spins)"
 
         # stop() while a burst is still running: the spin must not keep the loop from seeing it
         sender = topo.popen(a, [sys.executable, "-c", _UDP_BURST, "2000000", "4"],

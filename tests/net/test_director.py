@@ -260,29 +260,8 @@ def test_afpacket_driver_forwards_tso_and_partial_checksums(topo, tx, busy_poll_
     from lvsuser import _fastpath
 
     assert hasattr(_fastpath, "AfPacketDriver"), "lvsuser._fastpath lacks the I/O drivers"
-    a, d, b = topo.add_ns("a"), topo.add_ns("d"), topo.add_ns("b")
-    topo.veth(a, "eth0", d, "ea")
-    topo.veth(b, "eth0", d, "eb")
-    topo.addr(a, "eth0", "198.18.8.2/24")
-    topo.addr(d, "ea", "198.18.8.1/24")
-    topo.addr(b, "eth0", "198.18.9.2/24")
-    topo.addr(d, "eb", "198.18.9.1/24")
-    topo.route(a, "default", "198.18.8.1")
-    topo.route(b, "default", "198.18.9.1")
-    # ip_forward stays 0 in d: only the driver can carry traffic across
-
-    def mac(ns, ifname):
-        return bytes.fromhex(topo.mac(ns, ifname).replace(":", ""))
-
-    from pyroute2 import IPRoute
-
-    with IPRoute(netns=d) as ipr:
-        ia = ipr.link_lookup(ifname="ea")[0]
-        ib = ipr.link_lookup(ifname="eb")[0]
-    core = _MiniRouter({bytes([198, 18, 9, 2]): (ib, mac(d, "eb"), mac(b, "eth0")),
-                        bytes([198, 18, 8, 2]): (ia, mac(d, "ea"), mac(a, "eth0"))})
-    driver = topo.call_in(d, _fastpath.AfPacketDriver, core, [(ia, 1500), (ib, 1500)], None, tx,
-                          busy_poll_us)
+    a, d, b, ports, core = _two_legged_router(topo)
+    driver = topo.call_in(d, _fastpath.AfPacketDriver, core, ports, None, tx, busy_poll_us)
     runner = threading.Thread(target=driver.run, daemon=True)
     runner.start()
     try:

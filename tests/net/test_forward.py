@@ -176,12 +176,6 @@ def build_segment(topo, mode, local_vip=True):
 
 # --------------------------------------------------------------------------- client actions
 
-def mac_of(topo, ns, ifname):
-    """The MAC address of IFNAME in NS (asked over netlink: /sys here is the root namespace's)."""
-    links = json.loads(topo.run(ns, ["ip", "-j", "link", "show", ifname], check=True).stdout)
-    return links[0]["address"]
-
-
 def curl_names(topo, cl, url, count):
     names = []
     for _ in range(count):
@@ -382,7 +376,7 @@ def test_malformed_frames_are_counted_by_reason_and_lose_nothing(topo, sock_path
             director.ipvsadm("-a", "-t", f"{VIP_NAT}:80", "-r", f"198.18.1.{n}:80", "-m")
             director.ipvsadm("-a", "-u", f"{VIP_NAT}:5353", "-r", f"198.18.1.{n}:5353", "-m")
         before = director.counters()["core"]
-        mac = mac_of(topo, dr, "eth0")
+        mac = topo.mac(dr, "eth0")
         sent = topo.run(cl, [sys.executable, "-c", BAD_FRAMES, mac, VIP_NAT], timeout=30)
         assert sent.returncode == 0, sent.stderr
         core = wait_for(lambda: (lambda c: c if c["l4_truncated"] > before["l4_truncated"] else None)(
@@ -570,7 +564,7 @@ def test_dr_ipv6(topo, tmp_path, sock_path, lvsuser_ready, local_vip):
         assert len(words) == 3 and words[0] in ("rs1", "rs2") and words[2] == VIP6_SEG, udp
 
         # the client reached the VIP at the director's MAC: no real server answered ND for it
-        director_mac = mac_of(topo, dr, "eth0")
+        director_mac = topo.mac(dr, "eth0")
         neigh = topo.run(cl, ["ip", "-6", "neigh", "show", VIP6_SEG]).stdout
         assert director_mac in neigh, (neigh, director_mac)
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import os
 import select
-import signal
 import socket
 import subprocess
 import sys
@@ -42,6 +41,7 @@ sys.path.insert(0, REPO)
 from pyroute2 import IPRoute  # noqa: E402
 
 from lvsuser.lab.netns import Topology  # noqa: E402
+from tests.kernel.guest_differential import stop_director  # noqa: E402
 
 VIP = "198.18.2.100"
 CLIENT = "198.18.2.2"
@@ -317,16 +317,7 @@ def lvsuser_director(topo: Topology, names: dict) -> dict:
         result = traffic(topo, names)
         result["listing"] = ipvsadm("-Ln", "--stats").stdout
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        result["director_rc"] = proc.returncode
-        with open(log_path) as f:
-            result["director_log"] = f.read()[-3000:]
+        result.update(stop_director(proc, log, control))
     return result
 
 

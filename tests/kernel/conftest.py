@@ -13,6 +13,18 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def reuse_or_run(request, key: str, produce):
+    """PRODUCE()'s result (a guest boot's), kept in pytest's cache under KEY.
+    LVSUSER_KERNEL_REUSE=1 reuses the last one, for working on comparisons without booting again."""
+    if os.environ.get("LVSUSER_KERNEL_REUSE") == "1":
+        cached = request.config.cache.get(key, None)
+        if cached is not None:
+            return cached
+    value = produce()
+    request.config.cache.set(key, value)
+    return value
+
+
 def load_ipvs_vm():
     """tools/ is not a package: load tools/ipvs_vm.py by path (once)."""
     if "lvsuser_tools_ipvs_vm" in sys.modules:

@@ -20,13 +20,12 @@ last guest run from pytest's cache (for working on the comparison without bootin
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections import Counter
 
 import pytest
 
-from tests.kernel.conftest import REPO
+from tests.kernel.conftest import REPO, reuse_or_run
 
 pytestmark = pytest.mark.kernel
 
@@ -41,16 +40,13 @@ CONN_LINE = re.compile(r"^(TCP|UDP|SCTP)\s+(\d+):(\d\d)\s+(\S+)\s+(\S+)\s+(\S+)\
 
 @pytest.fixture(scope="module")
 def conn_run(request, guest):
-    if os.environ.get("LVSUSER_KERNEL_REUSE") == "1":
-        cached = request.config.cache.get(CACHE_KEY, None)
-        if cached is not None:
-            return cached
-    result = guest.run(f"cd {REPO} && PYTHONPATH={REPO} exec python3 "
-                       "tests/kernel/guest_conn_traffic.py", timeout=900)
-    assert result.rc == 0, f"guest run failed ({result.rc}):\n{result.stderr[-4000:]}"
-    run = json.loads(result.stdout)
-    request.config.cache.set(CACHE_KEY, run)
-    return run
+    def boot():
+        result = guest.run(f"cd {REPO} && PYTHONPATH={REPO} exec python3 "
+                           "tests/kernel/guest_conn_traffic.py", timeout=900)
+        assert result.rc == 0, f"guest run failed ({result.rc}):\n{result.stderr[-4000:]}"
+        return json.loads(result.stdout)
+
+    return reuse_or_run(request, CACHE_KEY, boot)
 
 
 # ------------------------------------------------------------------------------ parsing

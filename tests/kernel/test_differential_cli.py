@@ -7,38 +7,34 @@ ones tests/unit/test_ipvsadm_refs.py documents (tests/kernel/differential.py reu
 from __future__ import annotations
 
 import json
-import os
 import shlex
 
 import pytest
 
 from tests.kernel import differential
-from tests.kernel.conftest import REPO
+from tests.kernel.conftest import REPO, reuse_or_run
 
 CACHE_KEY = "lvsuser/kernel/differential_cli_run"
 
 
 @pytest.fixture(scope="module")
 def userspace_run(request, guest):
-    if os.environ.get("LVSUSER_KERNEL_REUSE") == "1":
-        cached = request.config.cache.get(CACHE_KEY, None)
-        if cached is not None:
-            return cached
-    scenarios = " ".join(shlex.quote(n) for n in differential.scenario_names())
-    # The userspace director needs an Ethernet interface to serve: a veth pair in a namespace of
-    # the guest's own (the guest is a VM with no network; these addresses never leave it).
-    script = (f"cd {REPO} && export PYTHONPATH={REPO}\n"
-              "ip netns add lvd && ip -n lvd link set lo up\n"
-              "ip -n lvd link add lvd0 type veth peer name lvd1 || exit 20\n"
-              "ip -n lvd link set lvd0 up && ip -n lvd link set lvd1 up\n"
-              "ip -n lvd addr add 198.18.5.1/24 dev lvd0\n"
-              "exec python3 tests/kernel/guest_differential.py --backend userspace --netns lvd "
-              f"{scenarios}\n")
-    result = guest.run(script, timeout=1500)
-    assert result.rc == 0, f"guest run failed ({result.rc}):\n{result.stderr[-4000:]}"
-    run = json.loads(result.stdout)
-    request.config.cache.set(CACHE_KEY, run)
-    return run
+    def boot():
+        scenarios = " ".join(shlex.quote(n) for n in differential.scenario_names())
+        # The userspace director needs an Ethernet interface to serve: a veth pair in a namespace of
+        # the guest's own (the guest is a VM with no network; these addresses never leave it).
+        script = (f"cd {REPO} && export PYTHONPATH={REPO}\n"
+                  "ip netns add lvd && ip -n lvd link set lo up\n"
+                  "ip -n lvd link add lvd0 type veth peer name lvd1 || exit 20\n"
+                  "ip -n lvd link set lvd0 up && ip -n lvd link set lvd1 up\n"
+                  "ip -n lvd addr add 198.18.5.1/24 dev lvd0\n"
+                  "exec python3 tests/kernel/guest_differential.py --backend userspace --netns lvd "
+                  f"{scenarios}\n")
+        result = guest.run(script, timeout=1500)
+        assert result.rc == 0, f"guest run failed ({result.rc}):\n{result.stderr[-4000:]}"
+        return json.loads(result.stdout)
+
+    return reuse_or_run(request, CACHE_KEY, boot)
 
 
 def test_director_ran_and_stopped_cleanly(userspace_run):

@@ -19,7 +19,7 @@ import pytest
 
 from lvsuser.backends.base import BackendUnavailable
 from tests.kernel import differential
-from tests.kernel.conftest import REPO
+from tests.kernel.conftest import REPO, reuse_or_run
 
 
 def test_unavailable_on_a_host_without_ip_vs():
@@ -59,31 +59,28 @@ def guest_run(request, guest):
 
     The results are kept in pytest's cache; LVSUSER_KERNEL_REUSE=1 reuses them (for working on
     the comparisons without booting again)."""
-    if os.environ.get("LVSUSER_KERNEL_REUSE") == "1":
-        cached = request.config.cache.get(CACHE_KEY, None)
-        if cached is not None:
-            return cached
-    scenarios = " ".join(shlex.quote(n) for n in differential.scenario_names())
-    script = (
-        f"cd {REPO} && export PYTHONPATH={REPO}\n"
-        "python3 tests/kernel/guest_backend_checks.py > $VMJOB/backend.json || exit 10\n"
-        f"python3 tests/kernel/guest_differential.py --backend ipvs {scenarios} "
-        "> $VMJOB/e2e.json || exit 11\n"
-        "python3 tests/kernel/guest_differential.py --backend ipvs --deviate basic "
-        "> $VMJOB/deviate.json || exit 12\n"
-        "ip netns add lvt && ip -n lvt link set lo up && ip -n lvt addr add 198.18.0.1/32 dev lo"
-        " || exit 13\n"
-        "ip netns exec lvt python3 tests/kernel/guest_traffic_checks.py > $VMJOB/traffic.json"
-        " || exit 14\n"
-        "cat $VMJOB/backend.json; echo; cat $VMJOB/e2e.json; echo; cat $VMJOB/deviate.json; echo\n"
-        "cat $VMJOB/traffic.json\n")
-    result = guest.run(script, timeout=1500)
-    assert result.rc == 0, f"guest run failed ({result.rc}):\n{result.stderr[-4000:]}"
-    backend, e2e, deviate, traffic = (json.loads(line) for line in result.stdout.splitlines()
-                                      if line)
-    run = {"backend": backend, "e2e": e2e, "deviate": deviate, "traffic": traffic}
-    request.config.cache.set(CACHE_KEY, run)
-    return run
+    def boot():
+        scenarios = " ".join(shlex.quote(n) for n in differential.scenario_names())
+        script = (
+            f"cd {REPO} && export PYTHONPATH={REPO}\n"
+            "python3 tests/kernel/guest_backend_checks.py > $VMJOB/backend.json || exit 10\n"
+            f"python3 tests/kernel/guest_differential.py --backend ipvs {scenarios} "
+            "> $VMJOB/e2e.json || exit 11\n"
+            "python3 tests/kernel/guest_differential.py --backend ipvs --deviate basic "
+            "> $VMJOB/deviate.json || exit 12\n"
+            "ip netns add lvt && ip -n lvt link set lo up && ip -n lvt addr add 198.18.0.1/32 dev lo"
+            " || exit 13\n"
+            "ip netns exec lvt python3 tests/kernel/guest_traffic_checks.py > $VMJOB/traffic.json"
+            " || exit 14\n"
+            "cat $VMJOB/backend.json; echo; cat $VMJOB/e2e.json; echo; cat $VMJOB/deviate.json; echo\n"
+            "cat $VMJOB/traffic.json\n")
+        result = guest.run(script, timeout=1500)
+        assert result.rc == 0, f"guest run failed ({result.rc}):\n{result.stderr[-4000:]}"
+        backend, e2e, deviate, traffic = (json.loads(line) for line in result.stdout.splitlines()
+                                          if line)
+        return {"backend": backend, "e2e": e2e, "deviate": deviate, "traffic": traffic}
+
+    return reuse_or_run(request, CACHE_KEY, boot)
 
 
 def test_backend_info(guest_run):

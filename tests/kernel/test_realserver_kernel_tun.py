@@ -23,12 +23,11 @@ LVSUSER_KERNEL_REUSE=1 reuses the last guest run from pytest's cache.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 
 import pytest
 
-from tests.kernel.conftest import REPO
+from tests.kernel.conftest import REPO, reuse_or_run
 
 pytestmark = pytest.mark.kernel
 
@@ -43,16 +42,13 @@ BODY = 60000
 
 @pytest.fixture(scope="module")
 def run(request, guest):
-    if os.environ.get("LVSUSER_KERNEL_REUSE") == "1":
-        cached = request.config.cache.get(CACHE_KEY, None)
-        if cached is not None:
-            return cached
-    result = guest.run(f"cd {REPO} && PYTHONPATH={REPO} exec python3 "
-                       "tests/kernel/guest_realserver_tun.py", timeout=240)
-    assert result.rc == 0, f"guest run failed ({result.rc}):\n{result.stderr[-4000:]}"
-    report = json.loads(result.stdout)
-    request.config.cache.set(CACHE_KEY, report)
-    return report
+    def boot():
+        result = guest.run(f"cd {REPO} && PYTHONPATH={REPO} exec python3 "
+                           "tests/kernel/guest_realserver_tun.py", timeout=240)
+        assert result.rc == 0, f"guest run failed ({result.rc}):\n{result.stderr[-4000:]}"
+        return json.loads(result.stdout)
+
+    return reuse_or_run(request, CACHE_KEY, boot)
 
 
 def test_apply_uses_kernel_tunl0(run):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import Optional
+
 
 USAGE = """usage: lvsuser COMMAND [ARGS...]
 
@@ -36,7 +36,7 @@ Run `lvsuser COMMAND -h` for a command's options.
 # subcommand -> (module, function) resolved lazily
 _DELEGATES = {
     "run": ("lvsuser.control.daemon", "main"),
-    "ipvsadm": ("lvsuser.control.ipvsadm", "main"),
+    "ipvsadm": ("lvsuser.control.ipvsadm.entry", "main"),
     "mark": ("lvsuser.cli", "mark_main"),
     "counters": ("lvsuser.counters", "main"),
     "realserver": ("lvsuser.hosts.cli", "main"),
@@ -76,7 +76,7 @@ Packets that match get firewall mark N, for services added with `ipvsadm -A -f N
 """
 
 
-def mark_main(argv: Optional[list[str]] = None) -> int:
+def mark_main(argv: list[str] | None = None) -> int:
     """Manage MarkRules on the running director."""
     from lvsuser.control import rules
     from lvsuser.control.client import ControlUnreachable, RemoteBackend
@@ -127,7 +127,7 @@ def mark_main(argv: Optional[list[str]] = None) -> int:
         backend.close()
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
         (sys.stdout if args else sys.stderr).write(USAGE)
@@ -138,7 +138,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     command, rest = args[0], args[1:]
     if command == "ipvsadm" and argv is None:
-        from lvsuser.control.ipvsadm import restore_sigpipe
+        from lvsuser.control.ipvsadm.entry import restore_sigpipe
         restore_sigpipe()
     if command not in _DELEGATES:
         sys.stderr.write(f"lvsuser: unknown command {command!r}\n{USAGE}")

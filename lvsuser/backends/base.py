@@ -17,11 +17,19 @@ from __future__ import annotations
 import abc
 from typing import Optional
 
-from lvsuser.model import Dest, MarkRule, Service, ServiceKey, SyncDaemon, Timeouts
+from lvsuser.model import Dest, IPVSError, MarkRule, Service, ServiceKey, SyncDaemon, Timeouts
 
 
 class BackendUnavailable(Exception):
     """The backend cannot run on this host; str(exc) is one sentence for the user."""
+
+
+class BatchFailed(IPVSError):
+    """A batch was refused at operation ``index``; nothing of it was applied."""
+
+    def __init__(self, index: int, errno_: int, message: str = ""):
+        super().__init__(errno_, message)
+        self.index = index
 
 
 class Backend(abc.ABC):
@@ -109,5 +117,15 @@ class Backend(abc.ABC):
     def get_daemons(self) -> list[SyncDaemon]:
         return []
 
-    def close(self) -> None:
-        pass
+    # --- batches -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def apply_batch(self, operations: list[tuple[str, dict]]) -> None:
+        """Apply (method name, keyword arguments) pairs all or nothing (``ipvsadm -R``, rules
+        files).  A refused operation raises ``BatchFailed`` with its index; the table is then
+        exactly as it was before the call.  A backend that cannot roll back must undo what it
+        applied before raising."""
+
+    def close(self, keep_state: bool = False) -> None:
+        """Stop and release what the backend holds.  ``keep_state``: the director stops with
+        rules in its table and will be started again (SIGTERM with a non-empty table); whatever
+        lets the next start adopt the table -- and keeps the host quiet in between -- stays."""

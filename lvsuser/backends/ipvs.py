@@ -396,7 +396,7 @@ class IPVSBackend(Backend):
         undo it; on a refusal those undo steps run, newest first, and BatchFailed(index, errno) is
         raised.  Counters zeroed by a `zero` in a refused batch stay zeroed: they cannot be put
         back."""
-        from lvsuser.backends.table import BatchFailed
+        from lvsuser.backends.base import BatchFailed
 
         undo: list[list] = []
         for index, (op, kwargs) in enumerate(operations):
@@ -632,7 +632,7 @@ class IPVSBackend(Backend):
             daemons.append(SyncDaemon(**values))
         return daemons
 
-    def close(self) -> None:
+    def close(self, keep_state: bool = False) -> None:
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()

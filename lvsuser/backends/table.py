@@ -48,7 +48,7 @@ import threading
 from typing import Iterator, Optional
 
 from lvsuser import model
-from lvsuser.backends.base import Backend
+from lvsuser.backends.base import Backend, BatchFailed
 from lvsuser.model import (
     AF_INET,
     AF_INET6,
@@ -486,10 +486,3 @@ class TableBackend(Backend):
     def get_daemons(self) -> list[SyncDaemon]:
         return []
 
-
-class BatchFailed(IPVSError):
-    """A batch was refused at operation ``index``; nothing of it was applied."""
-
-    def __init__(self, index: int, errno_: int, message: str = ""):
-        super().__init__(errno_, message)
-        self.index = index

@@ -1,9 +1,11 @@
 """Control plane: how configuration reaches the director.
 
-    ipvsadm.py   ipvsadm 1.31's command line and output, against any Backend
+    ipvsadm/     ipvsadm 1.31's command line and output, against any Backend (a package: one
+                 module per job, see its __init__)
     rules.py     rules files (the `ipvsadm -S` format, plus mark rules), applied all or nothing
     protocol.py  the JSON-lines control protocol (documented there)
     server.py    the control socket server inside `lvsuser run`
+    link.py      one client connection to the control socket (no model: cheap to import)
     client.py    RemoteBackend: the Backend interface over the control socket
     daemon.py    `lvsuser run`: backend, rules, socket, signals
 

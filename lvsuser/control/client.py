@@ -2,22 +2,14 @@
 from __future__ import annotations
 
 import errno
-import os
-import socket
-import threading
 from typing import Any, Optional
 
-from lvsuser.backends.base import Backend
+from lvsuser.backends.base import Backend, BatchFailed
 from lvsuser.control import protocol
+from lvsuser.control.link import ControlLink, ControlUnreachable, default_socket_path
 from lvsuser.model import Dest, IPVSError, MarkRule, Service, ServiceKey, SyncDaemon, Timeouts
 
-
-class ControlUnreachable(OSError):
-    """No director answers on the control socket; str() names the socket and the reason."""
-
-
-def default_socket_path() -> str:
-    return os.environ.get(protocol.ENV_SOCKET) or protocol.DEFAULT_SOCKET
+__all__ = ["ControlUnreachable", "RemoteBackend", "default_socket_path"]
 
 
 class RemoteBackend(Backend):
@@ -25,61 +17,19 @@ class RemoteBackend(Backend):
 
     name = "remote"
 
-    def __init__(self, path: Optional[str] = None, timeout: float = 30.0):
-        self.path = path or default_socket_path()
-        self.timeout = timeout
-        self._sock: Optional[socket.socket] = None
-        self._reader = None
-        self._lock = threading.Lock()
+    def __init__(self, path: Optional[str] = None, timeout: float = 30.0,
+                 link: Optional[ControlLink] = None):
+        self.link = link or ControlLink(path, timeout)
+        self.path = self.link.path
 
     def connect(self) -> None:
-        with self._lock:
-            self._connect_locked()
+        self.link.connect()
 
-    def _connect_locked(self) -> None:
-        if self._sock is not None:
-            return
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.path)
-        except OSError as exc:
-            sock.close()
-            reason = exc.strerror or str(exc)
-            raise ControlUnreachable(exc.errno or errno.ECONNREFUSED,
-                                     f"cannot connect to {self.path}: {reason}") from exc
-        self._sock = sock
-        self._reader = sock.makefile("rb")
-
-    def close(self) -> None:
-        with self._lock:
-            if self._reader is not None:
-                self._reader.close()
-            if self._sock is not None:
-                self._sock.close()
-            self._sock = None
-            self._reader = None
+    def close(self, keep_state: bool = False) -> None:
+        self.link.close()
 
     def call(self, op: str, **args: Any) -> Any:
-        with self._lock:
-            self._connect_locked()
-            try:
-                self._sock.sendall(protocol.request(op, **args))
-                line = self._reader.readline(protocol.MAX_LINE + 1)
-            except OSError as exc:
-                self._sock = None
-                raise ControlUnreachable(exc.errno or errno.EPIPE,
-                                         f"lost connection to {self.path}: {exc}") from exc
-            if not line:
-                self._sock = None
-                raise ControlUnreachable(errno.ECONNRESET, f"{self.path} closed the connection")
-        reply = protocol.load_line(line)
-        if reply.get("ok"):
-            return protocol.decode(reply.get("result"))
-        if "index" in reply:
-            from lvsuser.backends.table import BatchFailed
-            raise BatchFailed(reply["index"], reply.get("errno", errno.EIO), reply.get("message", ""))
-        raise IPVSError(reply.get("errno", errno.EIO), reply.get("message", ""))
+        return result_of(self.link.call_raw(op, protocol.encode(args)))
 
     # --- Backend ------------------------------------------------------------------------------
     def ping(self) -> bool:
@@ -151,3 +101,12 @@ class RemoteBackend(Backend):
     def apply_batch(self, operations: list[tuple[str, dict]]) -> None:
         """All-or-nothing on the daemon's side; BatchFailed names the refused operation."""
         self.call("apply_batch", operations=[(op, kwargs) for op, kwargs in operations])
+
+
+def result_of(reply: dict) -> Any:
+    """A reply's result as model objects; a refusal raised as IPVSError (BatchFailed for a batch)."""
+    if reply.get("ok"):
+        return protocol.decode(reply.get("result"))
+    if "index" in reply:
+        raise BatchFailed(reply["index"], reply.get("errno", errno.EIO), reply.get("message", ""))
+    raise IPVSError(reply.get("errno", errno.EIO), reply.get("message", ""))

@@ -31,13 +31,7 @@ IP addresses are ``{"__ip__": "text"}``, networks ``{"__net__": "198.18.0.0/24"}
 """
 from __future__ import annotations
 
-import dataclasses
-import enum
-import ipaddress
 import json
-from typing import Any
-
-from lvsuser import model
 
 MAX_LINE = 16 * 1024 * 1024
 DEFAULT_SOCKET = "/run/lvsuser/control.sock"
@@ -54,47 +48,74 @@ OPERATIONS = frozenset({
     "apply_batch",
 })
 
-_WIRE_CLASSES = {
-    cls.__name__: cls
-    for cls in (model.Service, model.Dest, model.Stats, model.ServiceKey, model.Timeouts,
-                model.SyncDaemon, model.MarkRule)
-}
-# Fields that hold enums, restored to their enum type on decoding.
-_ENUM_FIELDS = {("Dest", "fwd"): model.Forward, ("Dest", "tun_type"): model.TunType}
+
+# The model and the modules that describe it are imported at the first encode/decode: a command
+# line that only frames messages (ipvsadm's rule changes, see control/link.py) never needs them.
+dataclasses = enum = ipaddress = None
+_WIRE_CLASSES: dict = {}
+_ENUM_FIELDS: dict = {}
+
+
+def _load_codec() -> None:
+    global dataclasses, enum, ipaddress
+    if _WIRE_CLASSES:
+        return
+    import dataclasses
+    import enum
+    import ipaddress
+
+    from lvsuser import model
+
+    _ENUM_FIELDS.update({("Dest", "fwd"): model.Forward, ("Dest", "tun_type"): model.TunType})
+    _WIRE_CLASSES.update({
+        cls.__name__: cls
+        for cls in (model.Service, model.Dest, model.Stats, model.ServiceKey, model.Timeouts,
+                    model.SyncDaemon, model.MarkRule)
+    })
 
 
 class ProtocolError(ValueError):
     """A message that does not follow this protocol."""
 
 
-def encode(value: Any) -> Any:
+def encode(value: object) -> object:
     """Turn model objects into JSON-ready values."""
+    _load_codec()
+    return _encode(value)
+
+
+def _encode(value: object) -> object:
     if isinstance(value, enum.Enum):
         return value.value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         out = {"__type__": type(value).__name__}
         for field in dataclasses.fields(value):
-            out[field.name] = encode(getattr(value, field.name))
+            out[field.name] = _encode(getattr(value, field.name))
         return out
     if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
         return {"__ip__": str(value)}
     if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
         return {"__net__": str(value)}
     if isinstance(value, tuple):
-        return {"__tuple__": [encode(v) for v in value]}
+        return {"__tuple__": [_encode(v) for v in value]}
     if isinstance(value, list):
-        return [encode(v) for v in value]
+        return [_encode(v) for v in value]
     if isinstance(value, dict):
-        return {str(k): encode(v) for k, v in value.items()}
+        return {str(k): _encode(v) for k, v in value.items()}
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     raise ProtocolError(f"cannot encode {type(value).__name__}")
 
 
-def decode(value: Any) -> Any:
+def decode(value: object) -> object:
     """The inverse of ``encode``; raises ProtocolError for anything malformed."""
+    _load_codec()
+    return _decode(value)
+
+
+def _decode(value: object) -> object:
     if isinstance(value, list):
-        return [decode(v) for v in value]
+        return [_decode(v) for v in value]
     if not isinstance(value, dict):
         return value
     try:
@@ -103,7 +124,7 @@ def decode(value: Any) -> Any:
         if "__net__" in value:
             return ipaddress.ip_network(value["__net__"])
         if "__tuple__" in value:
-            return tuple(decode(v) for v in value["__tuple__"])
+            return tuple(_decode(v) for v in value["__tuple__"])
         if "__type__" in value:
             name = value["__type__"]
             cls = _WIRE_CLASSES.get(name)
@@ -116,7 +137,7 @@ def decode(value: Any) -> Any:
                     continue
                 if key not in known:
                     raise ProtocolError(f"unknown field {name}.{key}")
-                field_value = decode(raw)
+                field_value = _decode(raw)
                 enum_type = _ENUM_FIELDS.get((name, key))
                 if enum_type is not None:
                     field_value = enum_type(field_value)
@@ -126,7 +147,7 @@ def decode(value: Any) -> Any:
         if isinstance(exc, ProtocolError):
             raise
         raise ProtocolError(str(exc)) from exc
-    return {k: decode(v) for k, v in value.items()}
+    return {k: _decode(v) for k, v in value.items()}
 
 
 def dump_line(message: dict) -> bytes:
@@ -143,13 +164,13 @@ def load_line(line: bytes) -> dict:
     return message
 
 
-def request(op: str, **args: Any) -> bytes:
+def request(op: str, **args: object) -> bytes:
     return dump_line({"op": op, "args": encode(args)})
 
 
-def ok_reply(result: Any) -> bytes:
+def ok_reply(result: object) -> bytes:
     return dump_line({"ok": True, "result": encode(result)})
 
 
-def error_reply(errno_: int, message: str, **extra: Any) -> bytes:
+def error_reply(errno_: int, message: str, **extra: object) -> bytes:
     return dump_line({"ok": False, "errno": errno_, "message": message, **extra})

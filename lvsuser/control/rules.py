@@ -29,7 +29,10 @@ from dataclasses import dataclass
 from typing import Optional
 
 from lvsuser import model
-from lvsuser.control import ipvsadm as ipvsadm_cli
+from lvsuser.control.ipvsadm.command import parse_command, table_operation
+from lvsuser.control.ipvsadm.constants import CMD_RESTORE, PROGRAM
+from lvsuser.control.ipvsadm.errors import IpvsadmExit, strerror_for_operation
+from lvsuser.control.ipvsadm.resolver import Resolver
 
 
 class RulesError(Exception):
@@ -141,8 +144,8 @@ def format_mark_rule(rule: model.MarkRule) -> str:
 
 
 # --- whole files -------------------------------------------------------------------------------
-def parse_rules(text: str, resolver: Optional[ipvsadm_cli.Resolver] = None,
-                program: str = ipvsadm_cli.PROGRAM) -> list[RuleOperation]:
+def parse_rules(text: str, resolver: Optional[Resolver] = None,
+                program: str = PROGRAM) -> list[RuleOperation]:
     """Every line into an operation, or RulesError for the first bad one (nothing applied)."""
     operations: list[RuleOperation] = []
     for number, line in enumerate(text.splitlines(), start=1):
@@ -157,14 +160,14 @@ def parse_rules(text: str, resolver: Optional[ipvsadm_cli.Resolver] = None,
             operations.append(RuleOperation(number, "add_mark_rule", {"rule": rule}))
             continue
         try:
-            ce = ipvsadm_cli.parse_command([program] + words, resolver)
-        except ipvsadm_cli.IpvsadmExit as exc:
+            ce = parse_command([program] + words, resolver)
+        except IpvsadmExit as exc:
             message = exc.stderr.rstrip("\n") or "only table-changing commands are allowed here"
             raise RulesError(number, message, exc.code or 2) from None
-        if ce.cmd == ipvsadm_cli.CMD_RESTORE:  # ipvsadm refuses -R inside -R with its Try line
+        if ce.cmd == CMD_RESTORE:  # ipvsadm refuses -R inside -R with its Try line
             raise RulesError(number, f"Try `{program} -h' or '{program} --help' for more "
                                      "information.", -1)
-        operation = ipvsadm_cli.table_operation(ce)
+        operation = table_operation(ce)
         if operation is None:
             raise RulesError(number, "only table-changing commands are allowed here", 2)
         operations.append(RuleOperation(number, operation[0], operation[1]))
@@ -178,55 +181,17 @@ def load_rules_file(path: str, resolver=None) -> list[RuleOperation]:
 
 def apply_operations(backend, operations: list[RuleOperation]) -> None:
     """Apply all operations or none; RulesError names the refused line."""
-    from lvsuser.backends.table import BatchFailed
+    from lvsuser.backends.base import BatchFailed
 
     batch = [(o.op, o.kwargs) for o in operations]
-    if hasattr(backend, "apply_batch"):
-        try:
-            backend.apply_batch(batch)
-        except BatchFailed as exc:
-            failed = operations[exc.index] if 0 <= exc.index < len(operations) else None
-            line = failed.line if failed else 0
-            op = failed.op if failed else ""
-            raise RulesError(line, ipvsadm_cli.strerror_for_operation(op, exc.errno), -1) from None
-        except model.IPVSError as exc:  # the batch as a whole was refused (e.g. too large)
-            reason = exc.message or os.strerror(exc.errno)
-            raise RulesError(0, f"the director refused the rules: {reason}", -1) from None
-        return
-    # A backend without batches (kernel IPVS): apply in order, undo what was done on failure.
-    before = backend.get_services()
-    for operation in operations:
-        try:
-            getattr(backend, operation.op)(**operation.kwargs)
-        except model.IPVSError as exc:
-            _restore_services(backend, before)
-            raise RulesError(operation.line,
-                             ipvsadm_cli.strerror_for_operation(operation.op, exc.errno), -1) from None
-
-
-def _restore_services(backend, services: list[model.Service]) -> None:
-    backend.flush()
-    for svc in services:
-        backend.add_service(svc)
-        for dest in reversed(svc.dests):
-            backend.add_dest(svc.key, dest)
-
-
-def restore(session, program: str) -> int:
-    """``ipvsadm -R``: read the rules from stdin and apply them all or none."""
-    from lvsuser.control.client import ControlUnreachable
-
-    text = session.stdin.read() if session.stdin is not None else ""
     try:
-        operations = parse_rules(text, session.resolver, program)
-        apply_operations(session.backend, operations)
-    except ControlUnreachable as exc:
-        ipvsadm_cli._unreachable(exc)
-    except RulesError as exc:
-        session.err.write(f"{exc.message}\n")
-        where = f"line {exc.line} of the rules was refused" if exc.line else "the rules were refused"
-        session.err.write(f"{program}: {where}; no rule was applied\n")
-        if exc.code == -1:
-            return -1
-        raise ipvsadm_cli.IpvsadmExit(exc.code)
-    return 0
+        backend.apply_batch(batch)
+    except BatchFailed as exc:
+        failed = operations[exc.index] if 0 <= exc.index < len(operations) else None
+        line = failed.line if failed else 0
+        op = failed.op if failed else ""
+        raise RulesError(line, strerror_for_operation(op, exc.errno), -1) from None
+    except model.IPVSError as exc:  # the batch as a whole was refused (e.g. too large)
+        reason = exc.message or os.strerror(exc.errno)
+        raise RulesError(0, f"the director refused the rules: {reason}", -1) from None
+

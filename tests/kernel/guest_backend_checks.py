@@ -138,7 +138,7 @@ def listings():
 
 def check_batch_rollback(backend) -> dict:
     """A batch refused at its last operation leaves the table exactly as it was."""
-    from lvsuser.backends.table import BatchFailed
+    from lvsuser.backends.base import BatchFailed
 
     reset()
     for line in ["-A -t 198.18.0.1:80 -s rr", "-a -t 198.18.0.1:80 -r 198.18.1.1:80 -m -w 3",

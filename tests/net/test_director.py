@@ -370,7 +370,7 @@ def test_tun_director_refuses_direct_routing(topo, tmp_path):
     import errno
     import os
 
-    from lvsuser.control import ipvsadm as ipvsadm_cli
+    from lvsuser.control.ipvsadm.errors import strerror_for_operation
 
     dr, peer = topo.add_ns("dr"), topo.add_ns("pe")
     topo.veth(dr, "eth0", peer, "eth0")
@@ -390,12 +390,12 @@ def test_tun_director_refuses_direct_routing(topo, tmp_path):
         assert ipvsadm("-A", "-t", "198.18.3.10:80").returncode == 0
         refused = ipvsadm("-a", "-t", "198.18.3.10:80", "-r", "198.18.3.20", "-g")
         assert refused.returncode != 0
-        assert ipvsadm_cli.strerror_for_operation("add_dest", errno.EINVAL) in refused.stderr
+        assert strerror_for_operation("add_dest", errno.EINVAL) in refused.stderr
         masq = ipvsadm("-a", "-t", "198.18.3.10:80", "-r", "198.18.3.21", "-m")
         assert masq.returncode == 0, masq.stderr
         edited = ipvsadm("-e", "-t", "198.18.3.10:80", "-r", "198.18.3.21", "-g", "-w", "5")
         assert edited.returncode != 0
-        assert ipvsadm_cli.strerror_for_operation("edit_dest", errno.EINVAL) in edited.stderr
+        assert strerror_for_operation("edit_dest", errno.EINVAL) in edited.stderr
         listing = ipvsadm("-L", "-n")
         assert listing.returncode == 0, listing.stderr
         rows = [line.split() for line in listing.stdout.splitlines() if "->" in line]

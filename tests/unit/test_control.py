@@ -9,7 +9,8 @@ import threading
 import pytest
 
 from lvsuser import model
-from lvsuser.backends.table import BatchFailed, TableBackend
+from lvsuser.backends.base import BatchFailed
+from lvsuser.backends.table import TableBackend
 from lvsuser.control import protocol
 from lvsuser.control.client import ControlUnreachable, RemoteBackend
 from lvsuser.control.server import ControlServer, ControlSocketInUse
@@ -193,13 +194,14 @@ def test_ipvsadm_over_the_socket_including_an_atomic_restore(served):
     import io
 
     from lvsuser.control import ipvsadm
+    from lvsuser.control.ipvsadm.resolver import NumericResolver
 
     backend, path, _ = served
 
     def cli(*args, stdin=""):
         out, err = io.StringIO(), io.StringIO()
         rc = ipvsadm.main(["--control", path, *args], stdin=io.StringIO(stdin), stdout=out,
-                          stderr=err, resolver=ipvsadm.NumericResolver())
+                          stderr=err, resolver=NumericResolver())
         return rc, out.getvalue(), err.getvalue()
 
     assert cli("-A", "-t", "198.18.0.10:80", "-s", "rr") == (0, "", "")

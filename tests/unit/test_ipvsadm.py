@@ -6,24 +6,33 @@ import pytest
 from lvsuser import model
 from lvsuser.backends.table import TableBackend
 from lvsuser.control import ipvsadm
+from lvsuser.control.ipvsadm.args import ServiceArgs
+from lvsuser.control.ipvsadm.command import parse_command
+from lvsuser.control.ipvsadm.constants import CMD_ADD, FMT_EXACT
+from lvsuser.control.ipvsadm.errors import IpvsadmExit, ipvs_strerror
+from lvsuser.control.ipvsadm.output import largenum
+from lvsuser.control.ipvsadm.qsort import compare_services, glibc_qsort
+from lvsuser.control.ipvsadm.resolver import NumericResolver, Resolver
+from lvsuser.control.ipvsadm.usage import version_text
+from lvsuser.control.ipvsadm.values import parse_service
 
 
 def run(args, backend=None, stdin=""):
     backend = backend if backend is not None else TableBackend()
     out, err = io.StringIO(), io.StringIO()
     rc = ipvsadm.main(args, backend, stdin=io.StringIO(stdin), stdout=out, stderr=err,
-                      resolver=ipvsadm.NumericResolver())
+                      resolver=NumericResolver())
     return rc, out.getvalue(), err.getvalue()
 
 
 def parse(*args):
-    return ipvsadm.parse_command(["ipvsadm", *args], ipvsadm.NumericResolver())
+    return parse_command(["ipvsadm", *args], NumericResolver())
 
 
 # --- popt -----------------------------------------------------------------------------------
 def test_short_options_cluster_and_take_glued_arguments():
     ce = parse("-At198.18.0.1:80", "-srr", "-p")
-    assert ce.cmd == ipvsadm.CMD_ADD and ce.svc.port == 80 and ce.svc.sched_name == "rr"
+    assert ce.cmd == CMD_ADD and ce.svc.port == 80 and ce.svc.sched_name == "rr"
     assert ce.svc.timeout == 360  # a bare -p: libipvs's IPVS_SVC_PERSISTENT_TIMEOUT
 
 
@@ -36,7 +45,7 @@ def test_long_options_with_equals_and_optional_argument():
 
 
 def test_a_required_argument_is_taken_even_if_it_looks_like_an_option():
-    with pytest.raises(ipvsadm.IpvsadmExit) as info:
+    with pytest.raises(IpvsadmExit) as info:
         parse("-A", "-t", "-s")
     assert info.value.stderr == "illegal virtual server address[:port] specified\n"
 
@@ -64,7 +73,7 @@ def test_help_and_version_go_to_stdout():
     assert rc == 0 and err == ""
     assert out.startswith("ipvsadm v1.31 2019/12/24 (compiled with popt and IPVS v1.2.1)\nUsage:\n")
     assert "  --mcast-ttl ttl                     Multicast TTL (default=1)\n" in out
-    assert run(["--version"]) == (0, ipvsadm.version_text(), "")
+    assert run(["--version"]) == (0, version_text(), "")
 
 
 # --- addresses ----------------------------------------------------------------------------------
@@ -80,8 +89,9 @@ def test_help_and_version_go_to_stdout():
     ("0xc6120001:80", 3, model.AF_INET, 80),  # inet_aton's other spellings
 ])
 def test_parse_service(text, result, af, port):
-    svc = ipvsadm.ServiceArgs(protocol=model.IPPROTO_TCP)
-    assert ipvsadm.parse_service(text, svc, ipvsadm.NumericResolver()) == result
+    svc = ServiceArgs()
+    svc.protocol = model.IPPROTO_TCP
+    assert parse_service(text, svc, NumericResolver()) == result
     if result:
         assert (svc.af, svc.port) == (af, port)
 
@@ -109,13 +119,13 @@ def test_sorting_reproduces_the_32_bit_wrap_of_libipvs():
     out = run(["-Sn"], table)[1]
     # 10.0.0.1 - 200.0.0.1 wraps to a positive int: ipvsadm lists 200.0.0.1 first
     assert [l.split()[2] for l in out.splitlines()] == ["200.0.0.1:80", "10.0.0.1:80"]
-    assert ipvsadm.compare_services(*[s for s in table.get_services()
+    assert compare_services(*[s for s in table.get_services()
                                       if str(s.addr) == "10.0.0.1"] * 2) == 0
 
 
 def test_glibc_qsort_is_a_stable_merge_sort():
     items = [(3, "a"), (1, "b"), (3, "c"), (1, "d"), (2, "e")]
-    assert ipvsadm.glibc_qsort(items, lambda x, y: x[0] - y[0]) == sorted(items, key=lambda i: i[0])
+    assert glibc_qsort(items, lambda x, y: x[0] - y[0]) == sorted(items, key=lambda i: i[0])
 
 
 @pytest.mark.parametrize("value, exact, text", [
@@ -124,7 +134,7 @@ def test_glibc_qsort_is_a_stable_merge_sort():
     (123456789012345, True, " 123456789012345"), (5, True, "        5"),
 ])
 def test_largenum(value, exact, text):
-    assert ipvsadm._largenum(value, ipvsadm.FMT_EXACT if exact else 0) == text
+    assert largenum(value, FMT_EXACT if exact else 0) == text
 
 
 def test_listing_with_counters_and_connections():
@@ -165,7 +175,7 @@ def test_listing_with_counters_and_connections():
 
 
 def test_names_are_resolved_without_n():
-    class Names(ipvsadm.Resolver):
+    class Names(Resolver):
         def addr_to_host(self, af, packed):
             return "vip.example" if packed == bytes([198, 18, 0, 1]) else None
 
@@ -196,6 +206,6 @@ def test_unreachable_director_names_the_socket(tmp_path, monkeypatch):
 
 
 def test_ipvs_strerror_falls_back_to_strerror():
-    assert ipvsadm.ipvs_strerror("add_dest", 34) == "Numerical result out of range"
-    assert ipvsadm.ipvs_strerror("del_dest", 2) == "No such destination"
-    assert ipvsadm.ipvs_strerror("add_service", 2) == "Scheduler or persistence engine not found"
+    assert ipvs_strerror("add_dest", 34) == "Numerical result out of range"
+    assert ipvs_strerror("del_dest", 2) == "No such destination"
+    assert ipvs_strerror("add_service", 2) == "Scheduler or persistence engine not found"

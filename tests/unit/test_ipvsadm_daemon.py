@@ -7,6 +7,7 @@ import os
 from lvsuser import model
 from lvsuser.backends.table import TableBackend
 from lvsuser.control import ipvsadm
+from lvsuser.control.ipvsadm.resolver import NumericResolver
 
 REFS = os.path.join(os.path.dirname(__file__), "..", "data", "ipvsadm", "refs", "daemon.json")
 
@@ -29,7 +30,7 @@ class DaemonBackend(TableBackend):
 def run(argv, backend):
     out, err = io.StringIO(), io.StringIO()
     rc = ipvsadm.main(argv, backend=backend, stdout=out, stderr=err,
-                      resolver=ipvsadm.NumericResolver())
+                      resolver=NumericResolver())
     return rc, out.getvalue(), err.getvalue()
 
 

@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 from lvsuser.backends.table import TableBackend
 from lvsuser.control import ipvsadm
+from lvsuser.control.ipvsadm.resolver import NumericResolver
 
 WORDS = ["-A", "-E", "-D", "-C", "-a", "-e", "-d", "-L", "-l", "-Z", "-S", "-n", "-c", "--set",
          "-t", "-u", "-f", "-s", "-p", "-M", "-r", "-m", "-g", "-i", "-w", "-x", "-y", "-6", "-o",
@@ -20,7 +21,7 @@ WORDS = ["-A", "-E", "-D", "-C", "-a", "-e", "-d", "-L", "-l", "-Z", "-S", "-n",
 def run(backend, args, stdin=""):
     out, err = io.StringIO(), io.StringIO()
     rc = ipvsadm.main(args, backend, stdin=io.StringIO(stdin), stdout=out, stderr=err,
-                      resolver=ipvsadm.NumericResolver())
+                      resolver=NumericResolver())
     return rc, out.getvalue(), err.getvalue()
 
 

@@ -2,7 +2,7 @@
 
 ipvsadm's behaviour on odd command lines is popt's: which word is an option, which is its
 argument, which is left over, and which error comes first.  Here the same argument vectors go
-through libpopt (through ctypes, with ipvsadm's option table) and through ``ipvsadm._Popt``, and
+through libpopt (through ctypes, with ipvsadm's option table) and through ``Popt``, and
 every step must agree.  Skipped where libpopt.so.0 is not installed.
 """
 import ctypes
@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lvsuser.control import ipvsadm
+from lvsuser.control.ipvsadm.constants import NONE, OPTIONAL, OPTIONS_TABLE, STRING
+from lvsuser.control.ipvsadm.popt import Popt
 
 POPT_ARG_NONE = 0
 POPT_ARG_STRING = 1
@@ -54,12 +55,12 @@ pytestmark = pytest.mark.skipif(POPT is None, reason="libpopt.so.0 is not instal
 def real_popt_steps(argv):
     """[(val, arg or None, bad option or None)] until popt says -1 or an error, then leftovers."""
     storage = ctypes.c_char_p(None)
-    table = (PoptOption * (len(ipvsadm.OPTIONS_TABLE) + 1))()
-    for i, (long_name, short, kind, val) in enumerate(ipvsadm.OPTIONS_TABLE):
-        info = {ipvsadm.NONE: POPT_ARG_NONE, ipvsadm.STRING: POPT_ARG_STRING,
-                ipvsadm.OPTIONAL: POPT_ARG_STRING | POPT_ARGFLAG_OPTIONAL}[kind]
+    table = (PoptOption * (len(OPTIONS_TABLE) + 1))()
+    for i, (long_name, short, kind, val) in enumerate(OPTIONS_TABLE):
+        info = {NONE: POPT_ARG_NONE, STRING: POPT_ARG_STRING,
+                OPTIONAL: POPT_ARG_STRING | POPT_ARGFLAG_OPTIONAL}[kind]
         table[i] = PoptOption(long_name.encode(), short.encode() if short else b"\0", info,
-                              ctypes.addressof(storage) if kind != ipvsadm.NONE else None, val,
+                              ctypes.addressof(storage) if kind != NONE else None, val,
                               None, None)
     encoded = [word.encode() for word in argv]
     c_argv = (ctypes.c_char_p * (len(encoded) + 1))(*encoded, None)
@@ -84,7 +85,7 @@ def real_popt_steps(argv):
 
 
 def our_popt_steps(argv):
-    walker = ipvsadm._Popt(argv)
+    walker = Popt(argv)
     steps = []
     while True:
         val, arg = walker.next_opt()
@@ -93,8 +94,8 @@ def our_popt_steps(argv):
             break
         if val == -1:
             break
-        kind = next(entry[2] for entry in ipvsadm.OPTIONS_TABLE if entry[3] == val)
-        steps.append((val, arg if kind != ipvsadm.NONE else None, None))
+        kind = next(entry[2] for entry in OPTIONS_TABLE if entry[3] == val)
+        steps.append((val, arg if kind != NONE else None, None))
     leftovers = []
     while (word := walker.get_arg()) is not None:
         leftovers.append(word)

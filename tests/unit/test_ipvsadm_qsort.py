@@ -2,7 +2,7 @@
 
 libipvs compares addresses by subtracting them as unsigned ints into an int, which is not a
 consistent order (10.0.0.1 < 100.0.0.1 < 200.0.0.1 < 10.0.0.1), so the result depends on the
-sorting algorithm.  ``ipvsadm.glibc_qsort`` must agree with the real qsort called through ctypes.
+sorting algorithm.  ``glibc_qsort`` must agree with the real qsort called through ctypes.
 """
 import ctypes
 import ctypes.util
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lvsuser import model
-from lvsuser.control import ipvsadm
+from lvsuser.control.ipvsadm.qsort import compare_services, glibc_qsort
 
 LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 COMPARE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int))
@@ -45,11 +45,11 @@ def service(addr, port=80, protocol=model.IPPROTO_TCP, fwmark=0):
                 max_size=12, unique=True))
 def test_service_order_matches_the_c_library(specs):
     services = [service(a, p, proto, mark) for a, p, proto, mark in specs]
-    assert ipvsadm.glibc_qsort(services, ipvsadm.compare_services) == \
-        libc_qsort(services, ipvsadm.compare_services)
+    assert glibc_qsort(services, compare_services) == \
+        libc_qsort(services, compare_services)
 
 
 def test_the_comparison_is_not_an_order():
     a, b, c = service("10.0.0.1"), service("100.0.0.1"), service("200.0.0.1")
-    cmp = ipvsadm.compare_services
+    cmp = compare_services
     assert cmp(a, b) < 0 and cmp(b, c) < 0 and cmp(c, a) < 0

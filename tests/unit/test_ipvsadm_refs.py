@@ -17,6 +17,10 @@ import pytest
 
 from lvsuser.backends.table import TableBackend
 from lvsuser.control import ipvsadm
+from lvsuser.control.ipvsadm.command import parse_command
+from lvsuser.control.ipvsadm.constants import PROGRAM
+from lvsuser.control.ipvsadm.errors import IpvsadmExit
+from lvsuser.control.ipvsadm.resolver import Resolver
 from lvsuser.control.client import RemoteBackend
 from lvsuser.control.server import ControlServer
 
@@ -26,7 +30,7 @@ SCENARIOS = sorted(p.stem for p in (DATA / "refs").glob("*.json") if not p.stem.
 SYNC_UNSUPPORTED = "Connection sync daemon is not supported by lvsuser yet\n"
 
 
-class ReferenceHostResolver(ipvsadm.Resolver):
+class ReferenceHostResolver(Resolver):
     """The reference guest knew only localhost; never ask DNS from a test."""
 
     HOSTS = {"localhost": b"\x7f\x00\x00\x01"}
@@ -45,8 +49,8 @@ def _daemon_difference(ours, ref):
     """Connection sync is not implemented: start/stop are refused, the daemon list is empty."""
     args = ref["args"]
     try:
-        ipvsadm.parse_command([ipvsadm.PROGRAM] + args, ReferenceHostResolver())
-    except ipvsadm.IpvsadmExit:  # refused before asking IPVS: that part must match exactly
+        parse_command([PROGRAM] + args, ReferenceHostResolver())
+    except IpvsadmExit:  # refused before asking IPVS: that part must match exactly
         return ours == (ref["stdout"], ref["stderr"], ref["rc"])
     if "--start-daemon" in args or "--stop-daemon" in args:
         return ours == ("", SYNC_UNSUPPORTED, 255)

@@ -3,16 +3,17 @@ import io
 
 from lvsuser.backends.table import TableBackend
 from lvsuser.control import ipvsadm
+from lvsuser.control.ipvsadm.resolver import Resolver
 
 
 def run(argv, backend):
     out, err = io.StringIO(), io.StringIO()
-    rc = ipvsadm.main(argv, backend=backend, stdout=out, stderr=err, resolver=ipvsadm.Resolver())
+    rc = ipvsadm.main(argv, backend=backend, stdout=out, stderr=err, resolver=Resolver())
     return rc, out.getvalue(), err.getvalue()
 
 
 def test_empty_host_does_not_resolve():
-    assert ipvsadm.Resolver().host_to_addr("") is None
+    assert Resolver().host_to_addr("") is None
 
 
 def test_service_with_empty_host_is_refused_like_ipvsadm():

@@ -6,7 +6,9 @@ import pytest
 
 from lvsuser import model
 from lvsuser.backends.table import TableBackend
-from lvsuser.control import ipvsadm, rules
+from lvsuser.control import ipvsadm
+from lvsuser.control import rules
+from lvsuser.control.ipvsadm.resolver import NumericResolver
 
 SETUP = [
     "-A -t 198.18.0.1:80 -s rr",
@@ -30,7 +32,7 @@ SETUP = [
 def run(backend, line, stdin=""):
     out, err = io.StringIO(), io.StringIO()
     rc = ipvsadm.main(line.split(), backend, stdin=io.StringIO(stdin), stdout=out, stderr=err,
-                      resolver=ipvsadm.NumericResolver())
+                      resolver=NumericResolver())
     return rc, out.getvalue(), err.getvalue()
 
 

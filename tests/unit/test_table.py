@@ -7,7 +7,8 @@ import threading
 import pytest
 
 from lvsuser import model
-from lvsuser.backends.table import BatchFailed, TableBackend
+from lvsuser.backends.base import BatchFailed
+from lvsuser.backends.table import TableBackend
 from lvsuser.model import Dest, Forward, IPVSError, MarkRule, Service, Timeouts
 
 VIP = ipaddress.ip_address("198.18.0.10")

@@ -23,6 +23,13 @@ changed nothing: each runs in a ``transaction()``, which snapshots the table, an
 anything fails -- the operation itself or ``_changed()`` publishing its result.  A batch
 (``ipvsadm -R``, ``--rules``) is one transaction around many operations and publishes once.
 
+Copy on write: a stored ``Service`` (with its ``Dest`` objects) is never changed in place once
+a transaction has ended.  The first change a transaction makes to a service replaces it with a
+copy (``_writable``), which the rest of the transaction may edit.  So a snapshot is a shallow
+copy of the dict (its objects stay as they were), a change costs a copy of the one service it
+touches whatever the size of the table, and a subclass may publish the stored objects
+themselves without copying them (the user-space backend does).
+
 Listing order: ``get_services()`` returns services in the order the kernel's netlink dump walks
 them -- bucket by bucket through the service hash table, then the fwmark table, newest first in
 each bucket.  The kernel mixes the address of the network namespace into the hash; we take it as
@@ -123,6 +130,7 @@ class TableBackend(Backend):
         self._mark_rules: list[MarkRule] = []
         self._transaction_depth = 0
         self._changed_in_transaction = False
+        self._fresh: set[ServiceKey] = set()  # services copied (or added) in this transaction
 
     # --- hooks -------------------------------------------------------------------------------
     def _changed(self) -> None:
@@ -155,20 +163,33 @@ class TableBackend(Backend):
         self._changed_in_transaction = True
 
     def _state(self) -> dict:
+        # Shallow: stored services are copied on write (see the module docstring).
         return {
-            "services": copy.deepcopy(self._services),
+            "services": dict(self._services),
             "ages": dict(self._service_age),
             "next_age": self._next_age,
-            "timeouts": copy.deepcopy(self._timeouts),
+            "timeouts": copy.copy(self._timeouts),
             "mark_rules": list(self._mark_rules),
         }
 
     def _set_state(self, snap: dict) -> None:
-        self._services = copy.deepcopy(snap["services"])
+        self._services = dict(snap["services"])
         self._service_age = dict(snap["ages"])
         self._next_age = snap["next_age"]
-        self._timeouts = copy.deepcopy(snap["timeouts"])
+        self._timeouts = copy.copy(snap["timeouts"])
         self._mark_rules = list(snap["mark_rules"])
+        self._fresh = set()  # the restored objects belong to the snapshot: copy before writing
+
+    def _writable(self, key: ServiceKey) -> Service:
+        """The stored service ``key``, safe to change: a copy made at its first change in this
+        transaction (ESRCH if there is none)."""
+        svc = self._lookup(key)
+        if key not in self._fresh:
+            svc = copy.copy(svc)
+            svc.dests = [copy.copy(dest) for dest in svc.dests]
+            self._services[key] = svc
+            self._fresh.add(key)
+        return svc
 
     def snapshot(self) -> dict:
         """The whole table, to hand back to ``restore_snapshot()`` later."""
@@ -187,6 +208,8 @@ class TableBackend(Backend):
         with self._lock:
             outer = self._transaction_depth == 0
             snap = self._state() if outer else None
+            if outer:
+                self._fresh = set()
             self._transaction_depth += 1
             publishing = False
             try:
@@ -207,6 +230,8 @@ class TableBackend(Backend):
                 raise
             finally:
                 self._transaction_depth -= 1
+                if outer:
+                    self._fresh = set()
 
     BATCH_OPERATIONS = frozenset({
         "add_service", "edit_service", "del_service", "flush", "zero", "add_dest", "edit_dest",
@@ -285,6 +310,7 @@ class TableBackend(Backend):
                 pe_name=svc.pe_name,
             )
             self._services[key] = stored
+            self._fresh.add(key)
             self._service_age[key] = self._next_age
             self._next_age += 1
             self._commit()
@@ -293,8 +319,9 @@ class TableBackend(Backend):
         with self.transaction():
             key = svc.key
             self._check_service_key(key)
-            stored = self._lookup(key)
+            self._lookup(key)
             self._check_service_settings(svc)
+            stored = self._writable(key)
             stored.scheduler = svc.scheduler
             stored.flags = svc.flags | model.SVC_F_HASHED
             stored.timeout = svc.timeout
@@ -340,11 +367,12 @@ class TableBackend(Backend):
     def zero(self, key: Optional[ServiceKey] = None) -> None:
         with self.transaction():
             if key is None:
-                targets = list(self._services.values())
+                keys = list(self._services)
             else:
                 self._check_service_key(key)
-                targets = [self._lookup(key)]
-            for svc in targets:
+                self._lookup(key)
+                keys = [key]
+            for svc in map(self._writable, keys):
                 svc.stats = Stats()
                 for dest in svc.dests:
                     dest.stats = Stats()
@@ -404,7 +432,7 @@ class TableBackend(Backend):
                 raise IPVSError(errno.EINVAL, "destination address is not unicast")
             stored = Dest(addr=dest.addr, port=dest.port, af=dest.af)
             self._apply_dest_settings(stored, dest)
-            svc.dests.insert(0, stored)  # list_add: newest first
+            self._writable(key).dests.insert(0, stored)  # list_add: newest first
             self._commit()
 
     def edit_dest(self, key: ServiceKey, dest: Dest) -> None:
@@ -412,10 +440,9 @@ class TableBackend(Backend):
             self._check_service_key(key)
             svc = self._lookup(key)
             self._check_dest(svc, dest, full=True)
-            stored = self._find_dest(svc, dest)
-            if stored is None:
+            if self._find_dest(svc, dest) is None:
                 raise IPVSError(errno.ENOENT, "no such destination")
-            self._apply_dest_settings(stored, dest)
+            self._apply_dest_settings(self._find_dest(self._writable(key), dest), dest)
             self._commit()
 
     def del_dest(self, key: ServiceKey, dest: Dest) -> None:
@@ -423,10 +450,10 @@ class TableBackend(Backend):
             self._check_service_key(key)
             svc = self._lookup(key)
             self._check_dest(svc, dest, full=False)
-            stored = self._find_dest(svc, dest)
-            if stored is None:
+            if self._find_dest(svc, dest) is None:
                 raise IPVSError(errno.ENOENT, "no such destination")
-            svc.dests.remove(stored)
+            svc = self._writable(key)
+            svc.dests.remove(self._find_dest(svc, dest))
             self._commit()
 
     # --- config ------------------------------------------------------------------------------
@@ -439,6 +466,7 @@ class TableBackend(Backend):
             values = (timeouts.tcp, timeouts.tcp_fin, timeouts.udp)
             if any(v < 0 or v > HZ_TIMEOUT_LIMIT for v in values):
                 raise IPVSError(errno.EINVAL, "timeout out of range")
+            self._timeouts = copy.copy(self._timeouts)  # the snapshot holds the old object
             if timeouts.tcp:
                 self._timeouts.tcp = timeouts.tcp
             if timeouts.tcp_fin:

@@ -98,6 +98,21 @@ def _load_core(max_conns: int = DEFAULT_MAX_CONNS):
         raise BackendUnavailable(f"the datapath core is not available ({exc}).") from exc
 
 
+def _publish_refused(exc: Exception) -> model.IPVSError:
+    """The IPVSError a client gets when the datapath or the guard refuses a new table, with the
+    errno the kernel would give for the like (no memory, an invalid table, an I/O failure)."""
+    if isinstance(exc, MemoryError):
+        code = errno.ENOMEM
+    elif isinstance(exc, (ValueError, TypeError)):
+        code = errno.EINVAL
+    elif isinstance(exc, OSError) and exc.errno:
+        code = exc.errno
+    else:
+        code = errno.EIO
+    log.error("the datapath refused the new table, which is left as it was: %s", exc)
+    return model.IPVSError(code, f"the datapath refused the new table: {exc}")
+
+
 def _drivers_module():
     try:
         from lvsuser import _fastpath
@@ -136,6 +151,8 @@ class UserspaceBackend(TableBackend):
         self._core_lock = threading.Lock()
         self._closed = False
         self._published_key = None
+        self._kernel_view = None  # local addresses at the last refresh (None: none yet)
+        self._egress: dict = {}  # real-server address -> forwarding.Egress, at the last refresh
         self._threads: list[threading.Thread] = []
         self._drivers: list = []
         self._guard: Optional[guard_mod.Guard] = None
@@ -269,36 +286,51 @@ class UserspaceBackend(TableBackend):
         super().edit_dest(key, dest)
 
     # --- publishing -------------------------------------------------------------------------
+    # A client's change publishes from what the kernel last told us (links, local addresses,
+    # the egress towards each real server), asking netlink only about real-server addresses it
+    # has not seen; the monitor's refresh (every second, and after every netlink event) asks
+    # again about everything and republishes if the kernel's answers changed.
     def _changed(self) -> None:
         parent = getattr(super(), "_changed", None)
         if parent is not None:
             parent()
-        if not getattr(self, "_closed", True) and hasattr(self, "resolver"):
-            # The table change itself has succeeded; if the datapath cannot follow right now
-            # (nft refused, netlink busy) say so and let the monitor's next refresh retry,
-            # rather than report a failure for a change that was made.
-            try:
-                self._republish()
-            except Exception:
-                log.exception("publishing the changed table failed; retrying on the next refresh")
+        if getattr(self, "_closed", True) or not hasattr(self, "resolver"):
+            return
+        try:
+            self._republish(refresh=False)
+        except model.IPVSError:
+            raise
+        except Exception as exc:
+            # The datapath (or nft) refused the new table: the client is told, and the table
+            # goes back to what it was (TableBackend.transaction), which is published again.
+            raise _publish_refused(exc) from exc
 
     def _republish_quietly(self) -> None:
         if not self._closed:
-            self._republish()
+            self._republish(refresh=True)
 
-    def _build_config(self) -> tuple[cfg.CoreConfig, list[str]]:
-        services = copy.deepcopy(self._dump_order())
-        mark_rules = list(self.get_mark_rules())
-        links = self.resolver.links()
-        # addresses we put on our own TUN device (non-local IPv4 VIPs) do not make a VIP local
-        local_addrs = self.resolver.local_addresses(
-            exclude_ifindex=self._tun.ifindex if self._tun is not None else 0)
-        if self.io == IO_AFPACKET:
-            self._follow_interfaces(links)
+    def _build_config(self, refresh: bool = True) -> tuple[cfg.CoreConfig, list[str]]:
+        # The stored services are copied on write by TableBackend: published as they are.
+        services = self._dump_order()
+        mark_rules = list(self._mark_rules)
         dest_addrs = {dest.addr for svc in services for dest in svc.dests}
-        egress = self.resolver.resolve_all(dest_addrs, probe=True) if dest_addrs else {}
+        if refresh or self._kernel_view is None:
+            links = self.resolver.links()
+            # addresses we put on our own TUN device (non-local IPv4 VIPs) do not make a VIP local
+            local_addrs = self.resolver.local_addresses(
+                exclude_ifindex=self._tun.ifindex if self._tun is not None else 0)
+            if self.io == IO_AFPACKET:
+                self._follow_interfaces(links)
+            self._kernel_view = local_addrs
+            self._egress = self.resolver.resolve_all(dest_addrs, probe=True) if dest_addrs else {}
+        else:
+            local_addrs = self._kernel_view
+            unseen = dest_addrs - self._egress.keys()
+            if unseen:
+                self._egress.update(self.resolver.resolve_all(unseen, probe=True))
         routes = {}
-        for addr, eg in egress.items():
+        for addr in dest_addrs:
+            eg = self._egress[addr]
             if not eg.ready:
                 log.debug("real server %s not reachable yet: %s", addr, eg.reason)
                 continue
@@ -315,7 +347,7 @@ class UserspaceBackend(TableBackend):
         proxy = [vip for vip in vips if vip not in local_addrs]
         proxy_vips = {idx: list(proxy) for idx in self.interfaces} if proxy and self.io == IO_AFPACKET else {}
         config = cfg.CoreConfig(services=services, routes=routes, local_macs=local_macs,
-                                proxy_vips=proxy_vips, timeouts=self.get_timeouts(),
+                                proxy_vips=proxy_vips, timeouts=copy.copy(self._timeouts),
                                 mark_rules=mark_rules,
                                 mode=cfg.MODE_L3 if self.io == IO_TUN else cfg.MODE_L2)
         ifnames = [info["name"] for info in self.interfaces.values()]
@@ -362,19 +394,33 @@ class UserspaceBackend(TableBackend):
                 self._tunroutes.ipr = saved.ipr
             ipr.close()
 
-    def _republish(self) -> None:
+    def _needs_netlink(self, refresh: bool) -> bool:
+        """Whether publishing must ask the kernel: a refresh, the first publish, a real server
+        never resolved, or --io tun (its policy routes are applied through netlink)."""
+        if refresh or self._kernel_view is None or self._tunroutes is not None:
+            return True
+        return any(dest.addr not in self._egress
+                   for svc in self._services.values() for dest in svc.dests)
+
+    def _republish(self, refresh: bool = True) -> None:
         with self._lock:
             if self._closed:
                 return
-            with self._netlink():
-                self._republish_locked()
+            if self._needs_netlink(refresh):
+                with self._netlink():
+                    self._republish_locked(refresh)
+            else:
+                self._republish_locked(refresh)
 
-    def _republish_locked(self) -> None:
-        config, ifnames = self._build_config()
+    def _republish_locked(self, refresh: bool = True) -> None:
+        config, ifnames = self._build_config(refresh)
         key = self._fingerprint(config, ifnames)
         if key == self._published_key:
             return
         config.validate()
+        # From here the core, the guard and the routes may each hold the new table or the old:
+        # until all of them took it, the next publish must not be skipped as "unchanged".
+        self._published_key = None
         with self._core_lock:
             self.core.publish(config)
         if self._guard is not None:

@@ -277,3 +277,44 @@ def test_snapshot_and_restore():
     table.restore_snapshot(snap)
     assert [s.port for s in table.get_services()] == [80]
     assert table.get_timeouts() == Timeouts()
+
+
+def test_changes_copy_only_the_touched_service_and_never_edit_published_objects():
+    """Copy on write: what a subscriber published (the stored objects) stays as it was."""
+    table = TableBackend()
+    table.add_service(tcp_service(80))
+    table.add_service(tcp_service(81))
+    table.add_dest(tcp_service(80).key, dest(RIP1, weight=1))
+    before = dict(table._services)
+    published_dest = before[tcp_service(80).key].dests[0]
+
+    table.edit_dest(tcp_service(80).key, dest(RIP1, weight=7))
+    table.add_dest(tcp_service(80).key, dest(RIP2))
+    table.edit_service(tcp_service(80, scheduler="rr"))
+    table.zero(tcp_service(80).key)
+
+    after = table._services
+    assert after[tcp_service(81).key] is before[tcp_service(81).key]  # untouched: not copied
+    assert after[tcp_service(80).key] is not before[tcp_service(80).key]
+    assert published_dest.weight == 1 and len(before[tcp_service(80).key].dests) == 1
+    assert before[tcp_service(80).key].scheduler == "wlc"
+    live = table.get_service(tcp_service(80).key)
+    assert live.scheduler == "rr" and [(d.addr, d.weight) for d in live.dests] == [(RIP2, 1), (RIP1, 7)]
+
+
+def test_a_batch_edits_its_own_copy_and_a_failed_one_restores_the_very_objects():
+    table = TableBackend()
+    table.add_service(tcp_service(80))
+    table.add_dest(tcp_service(80).key, dest(RIP1))
+    stored = table._services[tcp_service(80).key]
+    with pytest.raises(BatchFailed):
+        table.apply_batch([("edit_dest", {"key": tcp_service(80).key, "dest": dest(RIP1, weight=5)}),
+                           ("add_dest", {"key": tcp_service(80).key, "dest": dest(RIP2)}),
+                           ("add_dest", {"key": tcp_service(80).key, "dest": dest(RIP2)})])
+    assert table._services[tcp_service(80).key] is stored
+    assert [(d.addr, d.weight) for d in stored.dests] == [(RIP1, 1)]
+    table.apply_batch([("edit_dest", {"key": tcp_service(80).key, "dest": dest(RIP1, weight=5)}),
+                       ("add_dest", {"key": tcp_service(80).key, "dest": dest(RIP2)})])
+    assert [(d.addr, d.weight) for d in table.get_service(tcp_service(80).key).dests] == [
+        (RIP2, 1), (RIP1, 5)]
+    assert [(d.addr, d.weight) for d in stored.dests] == [(RIP1, 1)]

@@ -320,6 +320,11 @@ def _ms(now: float) -> int:
     return int(now * 1000)
 
 
+# Connection listings: rows per chunk by default, and at most (Core.connections_chunk).
+LIST_CHUNK = 4096
+LIST_CHUNK_MAX = 65536
+
+
 def _addr(af: int, raw: bytes) -> model.IPAddress:
     return ipaddress.IPv4Address(raw) if af == model.AF_INET else ipaddress.IPv6Address(raw)
 
@@ -1231,30 +1236,54 @@ class Core:
         if now >= self._next_est:
             self._next_est = now + EST_INTERVAL
 
+    # --- connection listings (the compiled core's connections_chunk: same rows, same order) ---
     def connections(self, now: Optional[float] = None) -> list[dict]:
-        """Rows as /proc/net/ip_vs_conn has them (Backend.get_connections)."""
-        rows = []
-        for conn in list(self._templates.values()) + list(self._conn_in.values()):
-            if conn.flags & CONN_F_TEMPLATE:
-                protocol = model.PROTOCOL_NAMES.get(conn.protocol, "IP")
-                state = "NONE"
-            else:
-                protocol = model.PROTOCOL_NAMES[conn.protocol]
-                state = "UDP" if conn.protocol == model.IPPROTO_UDP else TCP_STATE_NAMES[conn.state]
-            if now is None:
-                left = conn.timeout
-            else:
-                left_ms = conn.expires - _ms(now)
-                if left_ms <= 0 and conn.flags & CONN_F_TEMPLATE and conn.n_control and conn.timeout:
-                    # its timer would have re-armed it every timeout while it controlled conns
-                    step = conn.timeout * 1000
-                    left_ms = step - (-left_ms) % step
-                left = max(0, left_ms) // 1000
-            rows.append(dict(protocol=protocol, caddr=_addr(conn.af, conn.caddr), cport=conn.cport,
-                             vaddr=_addr(conn.af, conn.vaddr), vport=conn.vport,
-                             daddr=_addr(conn.af, conn.daddr), dport=conn.dport, state=state,
-                             expires=int(left), pe_name="", pe_data=""))
-        return rows
+        """Rows as /proc/net/ip_vs_conn has them (Backend.get_connections): templates, then
+        connections."""
+        out: list[dict] = []
+        cursor = 0
+        while True:
+            rows, cursor = self.connections_chunk(cursor, LIST_CHUNK, now)
+            out.extend(rows)
+            if cursor == 0:
+                return out
+
+    def connections_chunk(self, cursor: int = 0, limit: int = LIST_CHUNK,
+                          now: Optional[float] = None) -> tuple[list[dict], int]:
+        """At most ``limit`` rows of ``connections()`` from ``cursor`` on: (rows, next cursor);
+        0 starts, a returned 0 ends.  Here the cursor is a position in templates + connections
+        (the compiled core's is a table index; both are opaque to callers)."""
+        if cursor < 0:
+            raise ValueError(f"bad connection cursor {cursor!r}")
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        limit = min(limit, LIST_CHUNK_MAX)
+        conns = list(self._templates.values()) + list(self._conn_in.values())
+        rows = [self._connection_row(conn, now) for conn in conns[cursor:cursor + limit]]
+        following = cursor + limit
+        return rows, (following if following < len(conns) else 0)
+
+    @staticmethod
+    def _connection_row(conn: "_Conn", now: Optional[float]) -> dict:
+        if conn.flags & CONN_F_TEMPLATE:
+            protocol = model.PROTOCOL_NAMES.get(conn.protocol, "IP")
+            state = "NONE"
+        else:
+            protocol = model.PROTOCOL_NAMES[conn.protocol]
+            state = "UDP" if conn.protocol == model.IPPROTO_UDP else TCP_STATE_NAMES[conn.state]
+        if now is None:
+            left = conn.timeout
+        else:
+            left_ms = conn.expires - _ms(now)
+            if left_ms <= 0 and conn.flags & CONN_F_TEMPLATE and conn.n_control and conn.timeout:
+                # its timer would have re-armed it every timeout while it controlled conns
+                step = conn.timeout * 1000
+                left_ms = step - (-left_ms) % step
+            left = max(0, left_ms) // 1000
+        return dict(protocol=protocol, caddr=_addr(conn.af, conn.caddr), cport=conn.cport,
+                    vaddr=_addr(conn.af, conn.vaddr), vport=conn.vport,
+                    daddr=_addr(conn.af, conn.daddr), dport=conn.dport, state=state,
+                    expires=int(left), pe_name="", pe_data="")
 
     def services(self) -> list[model.Service]:
         """Copies of the published services with live counts, counters and rates."""

@@ -15,9 +15,14 @@ Every method is atomic: a refused operation leaves the table exactly as it was.
 from __future__ import annotations
 
 import abc
-from typing import Optional
+import errno
+from typing import Iterator, Optional
 
 from lvsuser.model import Dest, IPVSError, MarkRule, Service, ServiceKey, SyncDaemon, Timeouts
+
+
+# Rows in a page of the connection listing, by default.
+CONNECTIONS_PAGE = 4096
 
 
 class BackendUnavailable(Exception):
@@ -96,6 +101,27 @@ class Backend(abc.ABC):
     def get_connections(self) -> list[dict]:
         """Rows as /proc/net/ip_vs_conn has them: protocol, caddr, cport, vaddr, vport, daddr,
         dport, state (name), expires (seconds left), pe_name, pe_data."""
+
+    def get_connections_page(self, cursor: int = 0,
+                             limit: int = CONNECTIONS_PAGE) -> tuple[list[dict], int]:
+        """At most ``limit`` rows of ``get_connections()`` from ``cursor`` on, and the cursor
+        of the next page: 0 starts a listing, a returned 0 ends it; cursors are opaque.  A page
+        may be short, even empty, before the end.  This default slices the whole listing (fine
+        for a small table); a backend that may hold millions of connections pages them itself."""
+        if cursor < 0 or limit <= 0:
+            raise IPVSError(errno.EINVAL, "bad cursor or page size")
+        rows = self.get_connections()
+        end = cursor + limit
+        return rows[cursor:end], (end if end < len(rows) else 0)
+
+    def iter_connections(self) -> Iterator[dict]:
+        """The rows of ``get_connections()``, page by page as they come."""
+        cursor = 0
+        while True:
+            rows, cursor = self.get_connections_page(cursor)
+            yield from rows
+            if not cursor:
+                return
 
     # --- firewall-mark rules (user space only: the kernel reads marks from netfilter) ------
     def add_mark_rule(self, rule: MarkRule) -> None:

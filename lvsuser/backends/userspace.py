@@ -31,7 +31,7 @@ import time
 from typing import Optional
 
 from lvsuser import model
-from lvsuser.backends.base import BackendUnavailable
+from lvsuser.backends.base import CONNECTIONS_PAGE, BackendUnavailable
 from lvsuser.backends.table import TableBackend
 from lvsuser.director import guard as guard_mod
 from lvsuser.director.forwarding import Resolver, mac_bytes
@@ -455,8 +455,15 @@ class UserspaceBackend(TableBackend):
             self.core.zero(key)
 
     def get_connections(self) -> list[dict]:
+        return list(self.iter_connections())
+
+    def get_connections_page(self, cursor: int = 0,
+                             limit: int = CONNECTIONS_PAGE) -> tuple[list[dict], int]:
+        """A chunk of the core's table: copied under the core's lock, converted outside it."""
+        if cursor < 0 or limit <= 0:
+            raise model.IPVSError(errno.EINVAL, "bad cursor or page size")
         with self._core_lock:
-            return list(self.core.connections(time.monotonic()))
+            return self.core.connections_chunk(cursor, limit, time.monotonic())
 
     def core_counters(self) -> dict:
         """The core's per-reason counters (drops, passes, new connections)."""

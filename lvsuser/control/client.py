@@ -78,7 +78,14 @@ class RemoteBackend(Backend):
         self.call("set_timeouts", timeouts=timeouts)
 
     def get_connections(self) -> list[dict]:
-        return self.call("get_connections")
+        return list(self.iter_connections())
+
+    def get_connections_page(self, cursor: int = 0,
+                             limit: Optional[int] = None) -> tuple[list[dict], int]:
+        """One page of the director's listing (see protocol.py: listings are paged)."""
+        rows, following = self.call("get_connections_page", cursor=cursor,
+                                    limit=limit or protocol.page_rows())
+        return rows, following
 
     def add_mark_rule(self, rule: MarkRule) -> None:
         self.call("add_mark_rule", rule=rule)

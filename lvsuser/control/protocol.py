@@ -15,6 +15,19 @@ arguments.  Reply::
     {"ok": true, "result": <value or null>}
     {"ok": false, "errno": 17, "message": "service already exists"}
 
+A reply is never longer than ``MAX_LINE`` either: one that would be is refused with errno
+EMSGSIZE (90) instead.  Listings that grow with the table are therefore paged -- connections
+with ``get_connections_page``::
+
+    {"op": "get_connections_page", "args": {"cursor": 0, "limit": 4096}}
+    {"ok": true, "result": {"__tuple__": [[<row>, ...], <next cursor>]}}
+
+The client sends the cursor it got back until that is 0 (cursors are opaque; 0 starts).  The
+server serves at most ``page_rows()`` rows a page (fewer if the client asks for fewer), which
+keeps a page's reply well under ``MAX_LINE``; a page may be short, even empty, before the end.
+``ipvsadm -Lnc`` prints each page as it arrives, over one connection.  There is no
+``get_connections`` on the wire: a whole listing would have no bound.
+
 ``errno`` is what kernel IPVS would return for the same request (the client raises
 ``model.IPVSError(errno)`` and ipvsadm prints its own message for it).  ``apply_batch`` failures
 also carry ``"index"``: the position of the refused operation; nothing of the batch was applied.
@@ -34,6 +47,10 @@ from __future__ import annotations
 import json
 
 MAX_LINE = 16 * 1024 * 1024
+# Connection listing pages: rows a page holds at most, and a bound on one encoded row (IPv6
+# addresses included), which together keep a page's reply well under MAX_LINE.
+PAGE_ROWS = 4096
+MAX_ROW_BYTES = 512
 DEFAULT_SOCKET = "/run/lvsuser/control.sock"
 ENV_SOCKET = "LVSUSER_CONTROL"
 
@@ -42,7 +59,7 @@ OPERATIONS = frozenset({
     "ping", "get_info", "get_counters",
     "add_service", "edit_service", "del_service", "get_services", "get_service", "flush", "zero",
     "add_dest", "edit_dest", "del_dest",
-    "get_timeouts", "set_timeouts", "get_connections",
+    "get_timeouts", "set_timeouts", "get_connections_page",
     "add_mark_rule", "del_mark_rule", "get_mark_rules",
     "start_daemon", "stop_daemon", "get_daemons",
     "apply_batch",
@@ -148,6 +165,11 @@ def _decode(value: object) -> object:
             raise
         raise ProtocolError(str(exc)) from exc
     return {k: _decode(v) for k, v in value.items()}
+
+
+def page_rows() -> int:
+    """Rows a page of the connection listing holds at most."""
+    return max(1, min(PAGE_ROWS, MAX_LINE // MAX_ROW_BYTES))
 
 
 def dump_line(message: dict) -> bytes:

@@ -80,6 +80,8 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             return protocol.error_reply(errno.EINVAL, str(exc), bad_request=True)
         if op == "ping":
             return protocol.ok_reply("pong")
+        if op == "get_connections_page" and isinstance(args.get("limit"), int):
+            args["limit"] = min(args["limit"], protocol.page_rows())
         method = getattr(self.backend, op, None)
         if method is None:
             return protocol.error_reply(errno.ENOSYS, f"{op} is not supported by this backend")
@@ -99,9 +101,13 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             log.exception("control request %s failed", op)
             return protocol.error_reply(errno.EIO, f"internal error: {exc}")
         try:
-            return protocol.ok_reply(result)
+            reply = protocol.ok_reply(result)
         except protocol.ProtocolError as exc:
             return protocol.error_reply(errno.EIO, str(exc))
+        if len(reply) > protocol.MAX_LINE:  # the client would refuse it: say why instead
+            return protocol.error_reply(errno.EMSGSIZE, f"the reply to {op} would be longer than "
+                                                        f"{protocol.MAX_LINE} bytes")
+        return reply
 
     def start(self) -> "ControlServer":
         """Serve in a background thread."""

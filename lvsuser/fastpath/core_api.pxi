@@ -702,57 +702,54 @@ cdef class Core:
             self._next_est = now + _pyfastpath.EST_INTERVAL
 
     # ---------------------------------------------------------------- listings
+    # Connections are listed in chunks (see lvs_copy_conns): the core lock is held only while
+    # raw entries are copied into a C buffer, never while Python objects are built.
     def connections(self, now=None):
-        """Rows as /proc/net/ip_vs_conn has them (Backend.get_connections)."""
-        cdef uint32_t now_ms = 0
-        rows = []
-        templates = []
-        if now is not None:
-            now_ms = lvs_ms(self.c, now)
-        with nogil:   # a publish must not re-map entries under our feet
-            pthread_mutex_lock(&self.c.lock)
-        try:
-            self._collect_connections(now, now_ms, rows, templates)
-        finally:
-            pthread_mutex_unlock(&self.c.lock)
-        return templates + rows
+        """Rows as /proc/net/ip_vs_conn has them (Backend.get_connections): templates, then
+        connections, each in table order."""
+        out = []
+        cursor = 0
+        while True:
+            rows, cursor = self.connections_chunk(cursor, LVS_LIST_CHUNK, now)
+            out.extend(rows)
+            if cursor == 0:
+                return out
 
-    cdef _collect_connections(self, now, uint32_t now_ms, list rows, list templates):
-        cdef lvs_conntab *ct = &self.c.conns
-        cdef lvs_conn *c
-        cdef uint32_t i
-        cdef int64_t left_ms, step_ms
-        cdef uint8_t alen
-        cdef lvs_dest *d
-        for i in range(1, ct.high_water + 1):
-            c = &ct.entries[i]
-            if not (c.flags & LVS_CONN_USED):
-                continue
-            alen = 16 if c.flags & LVS_CONN_V6 else 4
-            af = _model.AF_INET6 if alen == 16 else _model.AF_INET
-            d = lvs_conn_dest(self.c, c)
-            if c.flags & LVS_CONN_TEMPLATE:
-                protocol = _model.PROTOCOL_NAMES.get(c.protocol, "IP")
-                state = "NONE"
-            else:
-                protocol = _model.PROTOCOL_NAMES[c.protocol]
-                state = "UDP" if c.protocol == PROTO_UDP_ else _pyfastpath.TCP_STATE_NAMES[c.state]
-            if now is not None:
-                left_ms = <int32_t>(c.expires - now_ms)
-                if left_ms <= 0 and c.flags & LVS_CONN_TEMPLATE and c.control:
-                    # its timer would have re-armed it every timeout while it controlled conns
-                    step_ms = lvs_conn_timeout_ms(self.c, c)
-                    if step_ms:
-                        left_ms = step_ms - (-left_ms) % step_ms
-                left = max(0, left_ms) // 1000
-            else:
-                left = lvs_conn_timeout_ms(self.c, c) // 1000
-            row = dict(protocol=protocol,
-                       caddr=_pyfastpath._addr(af, (<char *>lvs_caddr(ct, i))[:alen]), cport=c.cport,
-                       vaddr=_pyfastpath._addr(af, (<char *>lvs_vaddr(ct, i))[:alen]), vport=c.vport,
-                       daddr=_pyfastpath._addr(af, (<char *>d.addr)[:alen]), dport=c.dport,
-                       state=state, expires=left, pe_name="", pe_data="")
-            (templates if c.flags & LVS_CONN_TEMPLATE else rows).append(row)
+    def connections_chunk(self, cursor=0, limit=LVS_LIST_CHUNK, now=None):
+        """At most ``limit`` rows of ``connections()`` from ``cursor`` on: (rows, next cursor).
+
+        ``cursor`` is opaque: 0 starts a listing, a returned 0 ends it.  A chunk may hold fewer
+        rows than ``limit`` (even none) before the end: each call also bounds how much of the
+        table it walks under the lock.  Entries that come or go between chunks may be missed
+        or listed once more, as with reading /proc/net/ip_vs_conn."""
+        cdef uint64_t cur = cursor
+        cdef uint32_t pass_ = <uint32_t>(cur >> 32)
+        cdef uint32_t start = <uint32_t>(cur & 0xFFFFFFFF)
+        cdef uint32_t count = 0, nxt = 0, cap
+        cdef uint32_t now_ms = 0
+        cdef bint have_now = now is not None
+        cdef lvs_conn_row *buf
+        if cursor < 0 or pass_ > 1:
+            raise ValueError(f"bad connection cursor {cursor!r}")
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        cap = <uint32_t>min(limit, LVS_LIST_CHUNK_MAX)
+        if have_now:
+            now_ms = lvs_ms(self.c, now)
+        buf = <lvs_conn_row *>malloc(cap * sizeof(lvs_conn_row))
+        if buf == NULL:
+            raise MemoryError()
+        try:
+            with nogil:   # a publish must not re-map entries under our feet
+                pthread_mutex_lock(&self.c.lock)
+                nxt = lvs_copy_conns(self.c, pass_, start, cap, have_now, now_ms, buf, &count)
+                pthread_mutex_unlock(&self.c.lock)
+            rows = [_conn_row_dict(&buf[i]) for i in range(count)]
+        finally:
+            free(buf)
+        if nxt:
+            return rows, (<uint64_t>pass_ << 32) | nxt
+        return rows, (0 if pass_ == 1 else (<uint64_t>1 << 32) | 1)
 
     def services(self):
         """Copies of the published services with live counts, counters and rates."""
@@ -946,3 +943,90 @@ cdef void lvs_remap_conns(lvs_core *core, lvs_tables *new, const int32_t *remap,
                     d.flags &= ~LVS_DEST_F_OVERLOAD
             else:
                 d.flags &= ~LVS_DEST_F_OVERLOAD
+
+
+# ------------------------------------------------------------- connection listings (control)
+# A listing of millions of connections must neither hold the datapath's lock while Python
+# objects are built nor be built whole.  Core.connections_chunk copies fixed-size rows under
+# the lock (lvs_copy_conns, no GIL) and converts them after releasing it.  The cursor walks
+# the table twice, templates first and then connections -- the order connections() has always
+# had, which is the order `ipvsadm -Lnc` prints: cursor = pass << 32 | next index.
+cdef enum:
+    LVS_LIST_CHUNK = 4096       # rows a chunk holds by default
+    LVS_LIST_CHUNK_MAX = 65536  # and at most
+    LVS_LIST_SCAN_MAX = 262144  # table slots one chunk looks at under the lock, at most
+
+ctypedef struct lvs_conn_row:
+    uint8_t caddr[16]
+    uint8_t vaddr[16]
+    uint8_t daddr[16]
+    uint16_t cport
+    uint16_t vport
+    uint16_t dport
+    uint16_t flags
+    uint8_t protocol
+    uint8_t state
+    int64_t left_ms             # ms before it expires (a time given), else its timeout
+
+
+cdef uint32_t lvs_copy_conns(lvs_core *core, uint32_t pass_, uint32_t start, uint32_t cap,
+                             bint have_now, uint32_t now_ms, lvs_conn_row *out,
+                             uint32_t *count) noexcept nogil:
+    """Copy the used entries of this pass (0: templates, 1: connections) from index ``start``
+    on into ``out``; returns the index to go on from, or 0 when the pass is done."""
+    cdef lvs_conntab *ct = &core.conns
+    cdef lvs_conn *c
+    cdef lvs_conn_row *row
+    cdef uint32_t i = start if start else 1
+    cdef uint32_t scanned = 0
+    cdef uint16_t want = LVS_CONN_TEMPLATE if pass_ == 0 else 0
+    cdef uint8_t alen
+    cdef int64_t left_ms, step_ms
+    count[0] = 0
+    while i <= ct.high_water:
+        if count[0] == cap or scanned == LVS_LIST_SCAN_MAX:
+            return i
+        c = &ct.entries[i]
+        scanned += 1
+        if c.flags & LVS_CONN_USED and (c.flags & LVS_CONN_TEMPLATE) == want:
+            row = &out[count[0]]
+            count[0] += 1
+            alen = 16 if c.flags & LVS_CONN_V6 else 4
+            memcpy(row.caddr, lvs_caddr(ct, i), alen)
+            memcpy(row.vaddr, lvs_vaddr(ct, i), alen)
+            memcpy(row.daddr, lvs_conn_dest(core, c).addr, alen)
+            row.cport = c.cport
+            row.vport = c.vport
+            row.dport = c.dport
+            row.flags = c.flags
+            row.protocol = c.protocol
+            row.state = c.state
+            if have_now:
+                left_ms = <int32_t>(c.expires - now_ms)
+                if left_ms <= 0 and c.flags & LVS_CONN_TEMPLATE and c.control:
+                    # its timer would have re-armed it every timeout while it controlled conns
+                    step_ms = lvs_conn_timeout_ms(core, c)
+                    if step_ms:
+                        left_ms = step_ms - (-left_ms) % step_ms
+                row.left_ms = left_ms
+            else:
+                row.left_ms = lvs_conn_timeout_ms(core, c)
+        i += 1
+    return 0
+
+
+cdef dict _conn_row_dict(const lvs_conn_row *row):
+    """One copied entry as the row dict of Core.connections()."""
+    cdef int alen = 16 if row.flags & LVS_CONN_V6 else 4
+    af = _model.AF_INET6 if alen == 16 else _model.AF_INET
+    if row.flags & LVS_CONN_TEMPLATE:
+        protocol = _model.PROTOCOL_NAMES.get(row.protocol, "IP")
+        state = "NONE"
+    else:
+        protocol = _model.PROTOCOL_NAMES[row.protocol]
+        state = "UDP" if row.protocol == PROTO_UDP_ else _pyfastpath.TCP_STATE_NAMES[row.state]
+    return dict(protocol=protocol,
+                caddr=_pyfastpath._addr(af, (<char *>row.caddr)[:alen]), cport=row.cport,
+                vaddr=_pyfastpath._addr(af, (<char *>row.vaddr)[:alen]), vport=row.vport,
+                daddr=_pyfastpath._addr(af, (<char *>row.daddr)[:alen]), dport=row.dport,
+                state=state, expires=max(0, row.left_ms) // 1000, pe_name="", pe_data="")

@@ -162,14 +162,26 @@ def list_conn(session: Session, fmt: int) -> None:
     from lvsuser.control.ipvsadm.output import connection_title, format_connection
     from lvsuser.model import IPVSError
 
-    try:
-        rows = _call(session, "get_connections")
+    out = session.out
+    try:  # page by page: what came is printed before the next page is asked for
+        rows = session.backend.iter_connections()
+        first = next(rows, None)
+    except ControlUnreachable as exc:
+        unreachable(exc)
     except (IPVSError, NotImplementedError):
         raise IpvsadmExit(1, "cannot open file /proc/net/ip_vs_conn\n")
-    out = session.out
     out.write(connection_title(fmt))
-    for row in rows:
-        out.write(format_connection(session.printer, row, fmt))
+    if first is None:
+        return
+    printer = session.printer
+    out.write(format_connection(printer, first, fmt))
+    try:
+        for row in rows:
+            out.write(format_connection(printer, row, fmt))
+    except ControlUnreachable as exc:
+        unreachable(exc)
+    except IPVSError as exc:
+        raise IpvsadmExit(1, f"reading the connections failed: {exc.message or exc}\n")
 
 
 def list_timeout(session: Session) -> None:

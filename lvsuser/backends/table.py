@@ -121,7 +121,9 @@ class TableBackend(Backend):
 
     name = "table"
 
-    def __init__(self) -> None:
+    def __init__(self, initial: Optional[list[tuple[str, dict]]] = None) -> None:
+        """``initial``: a batch (see ``apply_batch``) that fills the table before anything is
+        published -- a director restarting with its saved rules, or a rules file."""
         self._lock = threading.RLock()
         self._services: dict[ServiceKey, Service] = {}
         self._service_age: dict[ServiceKey, int] = {}  # insertion counter: newest first per bucket
@@ -131,6 +133,11 @@ class TableBackend(Backend):
         self._transaction_depth = 0
         self._changed_in_transaction = False
         self._fresh: set[ServiceKey] = set()  # services copied (or added) in this transaction
+        # Called with the backend, under its lock, after every change that was published (the
+        # daemon saves the table from here).  A failure is logged: the change stands.
+        self.after_change = None
+        if initial:
+            self.apply_batch(initial)
 
     # --- hooks -------------------------------------------------------------------------------
     def _changed(self) -> None:
@@ -191,6 +198,19 @@ class TableBackend(Backend):
             self._fresh.add(key)
         return svc
 
+    def saved_table(self) -> tuple[list[Service], Timeouts, list[MarkRule]]:
+        """What a restart must bring back: the services in the order they were added (each
+        with its dests, newest first as listed), the timeouts and the mark rules.  The objects
+        are the stored ones: read them, do not change them."""
+        with self._lock:
+            services = sorted(self._services.values(), key=lambda svc: self._service_age[svc.key])
+            return services, copy.copy(self._timeouts), list(self._mark_rules)
+
+    def is_empty(self) -> bool:
+        """No service, no mark rule and the default timeouts: nothing worth keeping."""
+        with self._lock:
+            return not self._services and not self._mark_rules and self._timeouts == Timeouts()
+
     def snapshot(self) -> dict:
         """The whole table, to hand back to ``restore_snapshot()`` later."""
         with self._lock:
@@ -218,6 +238,11 @@ class TableBackend(Backend):
                     self._changed_in_transaction = False
                     publishing = True
                     self._changed()
+                    if self.after_change is not None:
+                        try:
+                            self.after_change(self)
+                        except Exception:
+                            log.exception("saving the changed table failed")
             except BaseException:
                 if outer:
                     self._set_state(snap)

@@ -30,7 +30,7 @@ import threading
 import time
 from typing import Optional
 
-from lvsuser import model
+from lvsuser import model, statedir
 from lvsuser.backends.base import CONNECTIONS_PAGE, BackendUnavailable
 from lvsuser.backends.table import TableBackend
 from lvsuser.director import guard as guard_mod
@@ -81,12 +81,17 @@ def afpacket_busy_poll_us() -> int:
 DEFAULT_MAX_CONNS = 1 << 22
 
 
-def _load_core(max_conns: int = DEFAULT_MAX_CONNS):
-    """The compiled core if it is built, else the pure-Python reference."""
+def _load_core(max_conns: int = DEFAULT_MAX_CONNS, state_path: Optional[str] = None):
+    """The compiled core if it is built, else the pure-Python reference.
+
+    ``state_path``: the file the compiled core keeps its connections and real-server slots in
+    (``<state dir>/datapath.map``), to adopt them again after a restart."""
     try:
         from lvsuser import _fastpath
 
         if hasattr(_fastpath, "Core"):
+            # TODO(core merge): once branch `core` adds Core(state_path=...), this line becomes
+            #   return _fastpath.Core(max_conns=max_conns, state_path=state_path)
             return _fastpath.Core(max_conns=max_conns)
     except ImportError:
         pass
@@ -130,7 +135,12 @@ class UserspaceBackend(TableBackend):
 
     def __init__(self, io: str = IO_AFPACKET, interfaces: Optional[list[str]] = None,
                  core=None, tun_name: Optional[str] = None,
-                 max_conns: int = DEFAULT_MAX_CONNS):
+                 max_conns: int = DEFAULT_MAX_CONNS,
+                 initial: Optional[list[tuple[str, dict]]] = None,
+                 state_dir: Optional[str] = None):
+        """``initial``: the batch that fills the table before the first publish (saved rules
+        or a rules file), so an adopted datapath never sees an empty table; ``state_dir``:
+        where the core keeps what outlives the process (statedir.py)."""
         if io not in (IO_AFPACKET, IO_TUN):
             raise BackendUnavailable(f"unknown I/O driver {io!r}: use 'afpacket' or 'tun'.")
         if os.geteuid() != 0:
@@ -140,10 +150,11 @@ class UserspaceBackend(TableBackend):
                                      "director's kernel out of VIP traffic.")
         if io == IO_TUN and not os.path.exists("/dev/net/tun"):
             raise BackendUnavailable("--io tun needs /dev/net/tun (the tun kernel module).")
-        super().__init__()
-        self.io = io
+        self.io = io  # before the table is filled: add_dest checks it
+        super().__init__(initial)
         self._fastpath = _drivers_module()
-        self.core = core if core is not None else _load_core(max_conns)
+        state_path = os.path.join(state_dir, statedir.DATAPATH_FILE) if state_dir else None
+        self.core = core if core is not None else _load_core(max_conns, state_path)
         # Publishing takes TableBackend's lock (_changed() already runs under it, the monitor
         # thread takes it too: one lock order).  _core_lock is held around every call into the
         # core from Python (publish, stats, and for the pure-Python core each batch): the C core
@@ -481,7 +492,7 @@ class UserspaceBackend(TableBackend):
         return out
 
     # --- shutdown ---------------------------------------------------------------------------
-    def close(self) -> None:
+    def close(self, keep_state: bool = False) -> None:
         with self._lock:
             if self._closed:
                 return

@@ -3,9 +3,13 @@
 Theory of operation
 -------------------
 Start-up is ordered so that callers can wait for the control socket as the sign of readiness:
-build the backend (a missing capability is one ``lvsuser: <reason>`` line and exit 1, never a
-traceback), load ``--rules`` all-or-nothing (a bad file stops the start), and only then create
-the socket.  The main thread then sleeps until a signal arrives: SIGTERM/SIGINT stop (socket
+make sure no live director serves the same socket (its state is named after the socket), find
+the table to start with -- ``--rules FILE`` if given (all or nothing: a bad file stops the
+start), else the rules saved by the previous run (``state.py``; ``--clean`` discards them) --
+build the backend filled with it before it publishes anything (a missing capability is one
+``lvsuser: <reason>`` line and exit 1, never a traceback), and only then create the socket.
+From then on every change is saved.  SIGTERM/SIGINT with rules in the table keep the state
+for the next start (``close(keep_state=True)``); with an empty table the state is removed.  The main thread then sleeps until a signal arrives: SIGTERM/SIGINT stop (socket
 removed, backend closed), SIGHUP reloads the rules file.  A reload replaces the whole table in
 one transaction -- flush plus the file's rules -- so clients never see a half-loaded table; a
 file that fails to parse or apply is logged and the running table is kept.  Signal handlers
@@ -22,9 +26,12 @@ import sys
 import threading
 from typing import Callable, Optional
 
-from lvsuser.backends.base import Backend, BackendUnavailable
+from lvsuser import statedir
+from lvsuser.backends.base import Backend, BackendUnavailable, BatchFailed
 from lvsuser.control import protocol, rules
-from lvsuser.control.server import ControlServer, ControlSocketInUse
+from lvsuser.control.ipvsadm.errors import strerror_for_operation
+from lvsuser.control.server import ControlServer, ControlSocketInUse, prepare_path
+from lvsuser.control.state import RulesState, StateError
 
 log = logging.getLogger("lvsuser.run")
 
@@ -39,7 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"control socket path (default ${protocol.ENV_SOCKET} or "
                              f"{protocol.DEFAULT_SOCKET})")
     parser.add_argument("--rules", default=None,
-                        help="rules file in `ipvsadm -S` format, loaded at start and on SIGHUP")
+                        help="rules file in `ipvsadm -S` format, loaded at start (replacing the "
+                             "saved table) and on SIGHUP")
+    parser.add_argument("--state-dir", default=None, metavar="DIR",
+                        help="where the table is saved after every change and found again at "
+                             "start (default /run/lvsuser/state/<name of the control socket>)")
+    parser.add_argument("--clean", action="store_true",
+                        help="discard the saved table (and connections) and start empty")
     parser.add_argument("--backend", choices=BACKENDS, default="userspace",
                         help="userspace: the lvsuser datapath (default); ipvs: kernel IPVS; "
                              "table: the table only, no packet forwarding (tests, dry runs)")
@@ -68,19 +81,23 @@ _positive_int.__name__ = "positive integer"  # argparse names the type in its er
 
 
 def make_backend(kind: str, io: str = "afpacket", interfaces: Optional[list[str]] = None,
-                 max_conns: Optional[int] = None) -> Backend:
-    """The backend named on the command line; BackendUnavailable says why it cannot run."""
+                 max_conns: Optional[int] = None, initial: Optional[list] = None,
+                 state_dir: Optional[str] = None) -> Backend:
+    """The backend named on the command line; BackendUnavailable says why it cannot run.
+
+    ``initial``: the batch filling the table before anything is published (not for ipvs,
+    whose table lives in the kernel); a refused one raises BatchFailed."""
     if kind == "table":
         from lvsuser.backends.table import TableBackend
-        return TableBackend()
+        return TableBackend(initial)
     if kind == "userspace":
         try:
             from lvsuser.backends.userspace import UserspaceBackend
         except ImportError as exc:
             raise BackendUnavailable(f"the userspace backend cannot be loaded ({exc}).") from exc
-        if max_conns is None:
-            return UserspaceBackend(io=io, interfaces=interfaces)
-        return UserspaceBackend(io=io, interfaces=interfaces, max_conns=max_conns)
+        extra = {} if max_conns is None else {"max_conns": max_conns}
+        return UserspaceBackend(io=io, interfaces=interfaces, initial=initial,
+                                state_dir=state_dir, **extra)
     if kind == "ipvs":
         try:
             from lvsuser.backends.ipvs import IPVSBackend
@@ -134,10 +151,14 @@ def notify_systemd(state: str) -> None:
 class Director:
     """The running daemon; ``run()`` blocks until stopped.  Usable in-process by tests."""
 
-    def __init__(self, backend: Backend, control_path: str, rules_path: Optional[str] = None):
+    def __init__(self, backend: Backend, control_path: str, rules_path: Optional[str] = None,
+                 state: Optional[RulesState] = None):
         self.backend = backend
         self.control_path = control_path
         self.rules_path = rules_path
+        self.state = state  # where every change is saved; None: nothing is kept
+        if state is not None:
+            backend.after_change = state.save
         self.server: Optional[ControlServer] = None
         self._wake = threading.Event()
         self._stop_requested = False
@@ -169,6 +190,17 @@ class Director:
         self.reloads += 1
         log.info("reloaded %d rules from %s", len(operations), self.rules_path)
         return True
+
+    def close(self) -> None:
+        """Close the backend: a table with rules stays for the next start, an empty one is
+        forgotten (its state removed)."""
+        keep = self.state is not None and not self.backend.is_empty()
+        self.backend.close(keep_state=keep)
+        if self.state is not None and not keep:
+            self.state.discard()
+            log.info("the table is empty: saved state %s removed", self.state.directory)
+        elif keep:
+            log.info("rules kept in %s for the next start", self.state.path)
 
     def request_stop(self) -> None:
         self._stop_requested = True
@@ -221,6 +253,17 @@ def install_signal_handlers(director: Director) -> Callable[[], None]:
     return restore
 
 
+def _initial_table(args, state: Optional[RulesState]) -> tuple[list, list, str]:
+    """The batch the table starts with, the rules-file operations it came from (for line
+    numbers), and where it came from (for messages).  Raises RulesError, OSError, StateError."""
+    if args.rules:
+        operations = rules.load_rules_file(args.rules)
+        return [(o.op, o.kwargs) for o in operations], operations, args.rules
+    if state is not None:
+        return state.load() or [], [], state.path
+    return [], [], ""
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if args.verbose else logging.INFO,
@@ -231,25 +274,66 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ValueError as exc:  # schedulers.SchedulerError names the plugin at fault
         print(f"lvsuser: {exc}", file=sys.stderr)
         return 1
+    try:  # before the state is touched: it is named after the socket, so it may be another's
+        prepare_path(control)
+    except ControlSocketInUse as exc:
+        print(f"lvsuser: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"lvsuser: cannot serve the control socket {control}: {exc}", file=sys.stderr)
+        return 1
+    # kernel IPVS keeps its own table across restarts: nothing to save for it
+    state = None
+    if args.backend != "ipvs":
+        state = RulesState(args.state_dir or statedir.state_dir(control))
+        if args.clean and state.discard():
+            log.info("--clean: saved state in %s discarded", state.directory)
+    try:
+        initial, file_operations, source = _initial_table(args, state)
+    except rules.RulesError as exc:
+        print(f"lvsuser: {args.rules}: line {exc.line}: {exc.message}", file=sys.stderr)
+        return 1
+    except StateError as exc:
+        print(f"lvsuser: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"lvsuser: cannot read rules file: {exc}", file=sys.stderr)
+        return 1
     try:
         backend = make_backend(args.backend, io=args.io, interfaces=args.interface,
-                               max_conns=args.max_conns)
+                               max_conns=args.max_conns, initial=initial or None,
+                               state_dir=state.directory if state else None)
     except BackendUnavailable as exc:
         print(f"lvsuser: {exc}", file=sys.stderr)
         return 1
-    try:
-        director = Director(backend, control, args.rules)
+    except BatchFailed as exc:
+        if file_operations:
+            failed = file_operations[exc.index] if 0 <= exc.index < len(file_operations) else None
+            line = failed.line if failed else 0
+            message = strerror_for_operation(failed.op if failed else "", exc.errno)
+            print(f"lvsuser: {args.rules}: line {line}: {message}", file=sys.stderr)
+        else:
+            print(f"lvsuser: the saved rules in {source} cannot be applied ({exc.message or exc}); "
+                  f"start with --clean to discard them.", file=sys.stderr)
+        return 1
+    if args.backend == "ipvs" and args.rules:  # the kernel's own table: applied to it as before
         try:
-            director.load_rules()
+            rules.apply_operations(backend, file_operations)
         except rules.RulesError as exc:
             print(f"lvsuser: {args.rules}: line {exc.line}: {exc.message}", file=sys.stderr)
+            backend.close()
             return 1
-        except OSError as exc:
-            print(f"lvsuser: cannot read rules file: {exc}", file=sys.stderr)
-            return 1
+    if initial:
+        log.info("starting with %d rules from %s", len(initial), source)
+    director = Director(backend, control, args.rules, state)
+    stopped = False
+    try:
+        if state is not None and args.rules:
+            state.save(backend)  # the file defines the table now, for the next start too
         restore_handlers = install_signal_handlers(director)
         try:
             director.run()
+            stopped = True
         except ControlSocketInUse as exc:
             print(f"lvsuser: {exc}", file=sys.stderr)
             return 1
@@ -259,5 +343,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         finally:
             restore_handlers()
     finally:
-        backend.close()
+        if stopped:
+            director.close()
+        else:  # not a clean stop: what was saved stays
+            backend.close(keep_state=state is not None and not backend.is_empty())
     return 0

@@ -58,7 +58,7 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     def __init__(self, path: str, backend: Backend):
         self.path = path
         self.backend = backend
-        _prepare_path(path)
+        prepare_path(path)
         old_umask = os.umask(0o177)  # the socket is born 0600: no window where others may connect
         try:
             super().__init__(path, _Handler)
@@ -128,7 +128,9 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             pass
 
 
-def _prepare_path(path: str) -> None:
+def prepare_path(path: str) -> None:
+    """Make ``path`` free for a new socket: its directory made, a stale socket removed;
+    ControlSocketInUse if a live daemon answers on it (or it is not a socket)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, mode=0o755, exist_ok=True)
     if not os.path.exists(path) and not os.path.islink(path):

@@ -311,7 +311,8 @@ def test_daemon_keeps_no_descriptor_per_change(topo, tmp_path):
     topo.veth(dr, "eth0", peer, "eth0")
     topo.addr(dr, "eth0", "198.18.3.1/24")
     sock = str(tmp_path / "control.sock")
-    proc = topo.popen(dr, [sys.executable, "-m", "lvsuser", "run", "--control", sock],
+    proc = topo.popen(dr, [sys.executable, "-m", "lvsuser", "run", "--control", sock,
+                           "--state-dir", sock + ".state"],
                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert wait_for(lambda: os.path.exists(sock), timeout=10)
     env = dict(os.environ, LVSUSER_CONTROL=sock)
@@ -344,10 +345,10 @@ def test_interface_option_narrows_and_unknown_name_is_refused(topo, tmp_path):
     topo.veth(dr, "eth1", b, "eth0")
     sock = str(tmp_path / "control.sock")
     bad = topo.run(dr, [sys.executable, "-m", "lvsuser", "run", "--control", sock,
-                        "--interface", "nosuch0"], timeout=20)
+                        "--state-dir", sock + ".state", "--interface", "nosuch0"], timeout=20)
     assert bad.returncode != 0 and "nosuch0" in bad.stderr, bad
     proc = topo.popen(dr, [sys.executable, "-m", "lvsuser", "run", "--control", sock,
-                           "--interface", "eth1"],
+                           "--state-dir", sock + ".state", "--interface", "eth1"],
                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert wait_for(lambda: os.path.exists(sock), timeout=10)
@@ -379,7 +380,8 @@ def test_tun_director_refuses_direct_routing(topo, tmp_path):
     director_log = tmp_path / "director.log"
     with open(director_log, "w") as log_file:
         proc = topo.popen(dr, [sys.executable, "-m", "lvsuser", "run", "--control", sock,
-                               "--io", "tun"], stdout=subprocess.DEVNULL, stderr=log_file)
+                               "--state-dir", sock + ".state", "--io", "tun"],
+                          stdout=subprocess.DEVNULL, stderr=log_file)
     env = dict(os.environ, LVSUSER_CONTROL=sock)
 
     def ipvsadm(*args):
@@ -410,7 +412,8 @@ def test_tun_director_refuses_direct_routing(topo, tmp_path):
     rules_file = tmp_path / "rules"
     rules_file.write_text("-A -t 198.18.3.10:80 -s rr\n-a -t 198.18.3.10:80 -r 198.18.3.20:80 -g -w 1\n")
     started = topo.run(dr, [sys.executable, "-m", "lvsuser", "run", "--control",
-                            str(tmp_path / "other.sock"), "--io", "tun",
+                            str(tmp_path / "other.sock"), "--state-dir", str(tmp_path / "other.state"),
+                            "--io", "tun",
                             "--rules", str(rules_file)], timeout=30)
     assert started.returncode == 1, started
     assert "line 2" in started.stderr and "--io afpacket" in started.stderr, started.stderr

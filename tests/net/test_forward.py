@@ -64,6 +64,7 @@ class Director:
         log = open(self.log_path, "w")
         started = time.monotonic()
         self.proc = self.topo.popen(self.ns, LVSUSER + ["run", "--control", self.sock, "--io", self.io,
+                                                      "--state-dir", self.sock + ".state",
                                                       *self.extra_args],
                                     stdout=log, stderr=subprocess.STDOUT)
         ok = wait_for(lambda: self.proc.poll() is not None or (

@@ -76,11 +76,12 @@ def test_bad_rules_file_stops_the_start(tmp_path):
 
 
 def test_unavailable_backend_is_one_line_and_exit_1(monkeypatch, capsys, tmp_path):
-    def unavailable(kind, io, interfaces, max_conns):
+    def unavailable(kind, io, interfaces, max_conns, **state):
         raise BackendUnavailable("the userspace backend needs root (raw sockets).")
 
     monkeypatch.setattr(daemon, "make_backend", unavailable)
-    assert daemon.main(["--control", str(tmp_path / "c.sock")]) == 1
+    assert daemon.main(["--control", str(tmp_path / "c.sock"),
+                        "--state-dir", str(tmp_path / "state")]) == 1
     err = capsys.readouterr().err
     assert err == "lvsuser: the userspace backend needs root (raw sockets).\n"
     assert not (tmp_path / "c.sock").exists()
@@ -92,7 +93,8 @@ def test_signals_in_a_real_process(tmp_path):
     path = str(tmp_path / "run" / "control.sock")
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen([sys.executable, "-m", "lvsuser", "run", "--backend", "table",
-                             "--control", path, "--rules", str(rules_file)],
+                             "--control", path, "--rules", str(rules_file),
+                             "--state-dir", str(tmp_path / "state")],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert wait_for(lambda: os.path.exists(path) or proc.poll() is not None, 20), "no socket"

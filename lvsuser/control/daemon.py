@@ -177,6 +177,8 @@ class Director:
         if not self.rules_path:
             log.info("SIGHUP: no --rules file to reload")
             return False
+        before = self.backend.get_services()
+        marks_before = self.backend.get_mark_rules()
         try:
             operations = rules.load_rules_file(self.rules_path)
             replace_table(self.backend, operations)
@@ -189,7 +191,22 @@ class Director:
             return False
         self.reloads += 1
         log.info("reloaded %d rules from %s", len(operations), self.rules_path)
+        self._log_reload_changes(before, marks_before)
         return True
+
+    def _log_reload_changes(self, before, marks_before) -> None:
+        from lvsuser.control.describe import table_changes
+
+        changes = table_changes(before, self.backend.get_services())
+        marks_after = self.backend.get_mark_rules()
+        changes += [f"added mark {rules.format_mark_rule(r)[len('--mark '):]}"
+                    for r in marks_after if r not in marks_before]
+        changes += [f"removed mark {rules.format_mark_rule(r)[len('--mark '):]}"
+                    for r in marks_before if r not in marks_after]
+        for line in changes:
+            log.info("reload: %s", line)
+        if not changes:
+            log.info("reload: no change")
 
     def close(self) -> None:
         """Close the backend: a table with rules stays for the next start, an empty one is

@@ -9,6 +9,10 @@ that fails is answered with the errno and the connection stays usable; a malform
 answered with EINVAL.  The socket is created with mode 0600 in a directory created if needed.
 A socket file left behind by a daemon that died is detected (nobody accepts on it) and replaced;
 one that a live daemon answers on is left alone and reported.
+
+Every request that changes the table is logged at INFO with who asked -- the peer's uid and pid
+from the socket itself (SO_PEERCRED), which a client cannot forge -- and what was asked, as the
+ipvsadm line that asks it (``describe.py``); a refused one with ipvsadm's message for its errno.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import logging
 import os
 import socket
 import socketserver
+import struct
 import threading
 from typing import Optional
 
@@ -31,7 +36,54 @@ class ControlSocketInUse(RuntimeError):
     """Another live process serves the control socket path."""
 
 
+# Operations that change the table: these are logged.
+CHANGES = frozenset({
+    "add_service", "edit_service", "del_service", "flush", "zero", "add_dest", "edit_dest",
+    "del_dest", "set_timeouts", "add_mark_rule", "del_mark_rule", "start_daemon", "stop_daemon",
+    "apply_batch",
+})
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int]:
+    """(uid, pid) of the process at the other end of a unix socket; (-1, -1) if unknown."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, _gid = struct.unpack("3i", raw)
+        return uid, pid
+    except (OSError, AttributeError, struct.error):
+        return -1, -1
+
+
+def log_change(peer: tuple[int, int], op: str, args: dict, errno_: int = 0,
+               index: Optional[int] = None) -> None:
+    """One INFO line: who changed what (or was refused what, and why)."""
+    from lvsuser.control.describe import describe_operation
+    from lvsuser.control.ipvsadm.errors import strerror_for_operation
+
+    uid, pid = peer
+    who = f"uid {uid} (pid {pid})" if uid >= 0 else "an unknown peer"
+    reason_op = op
+    if op == "apply_batch":
+        operations = args.get("operations") or []
+        lines = [describe_operation(o, kw) for o, kw in operations]
+        what = f"a batch of {len(lines)}: " + "; ".join(lines)
+        if index is not None and 0 <= index < len(lines):
+            reason_op = operations[index][0]
+            what += f" (refused at {lines[index]}; nothing applied)"
+    else:
+        what = describe_operation(op, args)
+    if errno_:
+        log.info("rule change by %s refused (%s): %s", who, strerror_for_operation(reason_op, errno_),
+                 what)
+    else:
+        log.info("rule change by %s: %s", who, what)
+
+
 class _Handler(socketserver.StreamRequestHandler):
+    def setup(self) -> None:
+        super().setup()
+        self.peer = peer_credentials(self.request)
+
     def handle(self) -> None:
         while True:
             line = self.rfile.readline(protocol.MAX_LINE + 1)
@@ -43,7 +95,7 @@ class _Handler(socketserver.StreamRequestHandler):
                 return
             if not line.strip():
                 continue
-            reply = self.server.dispatch(line)
+            reply = self.server.dispatch(line, self.peer)
             try:
                 self.wfile.write(reply)
                 self.wfile.flush()
@@ -67,7 +119,7 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         os.chmod(path, 0o600)
         self._thread: Optional[threading.Thread] = None
 
-    def dispatch(self, line: bytes) -> bytes:
+    def dispatch(self, line: bytes, peer: tuple[int, int] = (-1, -1)) -> bytes:
         try:
             message = protocol.load_line(line)
             op = message.get("op")
@@ -89,6 +141,8 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             result = method(**args)
         except IPVSError as exc:
             extra = {"index": exc.index} if hasattr(exc, "index") else {}
+            if op in CHANGES:
+                log_change(peer, op, args, exc.errno, extra.get("index"))
             return protocol.error_reply(exc.errno, exc.message, **extra)
         except NotImplementedError:
             return protocol.error_reply(errno.ENOSYS, f"{op} is not supported by this backend")
@@ -100,6 +154,8 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         except Exception as exc:  # keep serving other clients; the log says what happened
             log.exception("control request %s failed", op)
             return protocol.error_reply(errno.EIO, f"internal error: {exc}")
+        if op in CHANGES:
+            log_change(peer, op, args)
         try:
             reply = protocol.ok_reply(result)
         except protocol.ProtocolError as exc:

@@ -23,10 +23,8 @@ def scenario_names() -> list[str]:
 
 def _known_differences():
     """(scenario -> [Difference]) and the sync-daemon rule of the unit replay test, if present."""
-    try:
-        from tests.unit import test_ipvsadm_refs as refs_test
-    except ImportError:
-        return {}, None
+    from tests.unit import test_ipvsadm_refs as refs_test
+
     return (getattr(refs_test, "KNOWN_DIFFERENCES", {}),
             getattr(refs_test, "_daemon_difference", None))
 

@@ -323,11 +323,9 @@ def test_scheduler_decisions_match_kernel_ipvs(kernel_records, name):
     from lvsuser.schedulers.base import PacketInfo
     from tests.unit.test_sched_cases import _standalone_harness
 
-    try:
-        import lvsuser._fastpath as compiled
-        csched = compiled if hasattr(compiled, "SchedHarness") else _standalone_harness()
-    except ImportError:
-        csched = _standalone_harness()
+    import lvsuser._fastpath as compiled
+
+    csched = compiled if hasattr(compiled, "SchedHarness") else _standalone_harness()
 
     scenario = SCENARIOS[name]
     flags = model.SVC_F_HASHED

@@ -255,7 +255,6 @@ def test_bad_config_is_refused_and_nothing_changes(core_cls):
 
 def test_c_scheduler_and_python_twin_agree(core_cls):
     """rr is a C scheduler in the compiled core and the Python twin in pyfastpath."""
-    pytest.importorskip("lvsuser.schedulers.rr")
     svc = make_service(fwd=DR, ndests=2, scheduler="rr")
     core = core_cls()
     core.publish(make_config([svc]))

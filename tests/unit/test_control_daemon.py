@@ -132,11 +132,10 @@ def test_cli_dispatches_and_reports_missing_subcommands(capsys, monkeypatch):
 
 
 def test_scheduler_plugins_are_loaded_before_rules(tmp_path, monkeypatch):
-    schedulers = pytest.importorskip("lvsuser.schedulers")
-    if not hasattr(schedulers, "load_plugins"):
-        pytest.skip("the scheduler registry has no plugin loader")
-    if hasattr(schedulers, "_registry"):  # keep the test's plugin out of other tests
-        monkeypatch.setattr(schedulers, "_registry", dict(schedulers._registry))
+    from lvsuser import schedulers
+
+    # keep the test's plugin out of other tests
+    monkeypatch.setattr(schedulers, "_registry", dict(schedulers._registry))
     plugin = tmp_path / "leastw_plugin.py"
     name = f"lw{os.getpid() % 100000}"
     plugin.write_text(

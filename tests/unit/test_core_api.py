@@ -10,6 +10,7 @@ import time
 import pytest
 from scapy.all import IP, UDP, Ether, raw
 
+from lvsuser import _fastpath as compiled
 from lvsuser import model
 from lvsuser.schedulers import base as sched_base
 from lvsuser.fastpath.config import CoreConfig, DestRoute
@@ -18,7 +19,6 @@ from tests.unit.golden import (ADDRS, CLIENT_MAC, CORE_IDS, CORES, DIR_CLIENT_MA
                                make_config, make_service, new_core)
 
 V4 = model.AF_INET
-compiled = pytest.importorskip("lvsuser._fastpath")
 
 
 def udp_frame(sport, client=None):

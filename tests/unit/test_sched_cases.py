@@ -48,12 +48,9 @@ def _standalone_harness():
 
 @pytest.fixture(scope="session")
 def csched():
-    try:
-        module = importlib.import_module("lvsuser._fastpath")
-        if hasattr(module, "SchedHarness"):
-            return module
-    except ImportError:
-        pass
+    module = importlib.import_module("lvsuser._fastpath")
+    if hasattr(module, "SchedHarness"):
+        return module
     return _standalone_harness()
 
 

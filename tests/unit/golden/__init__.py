@@ -8,17 +8,11 @@ from __future__ import annotations
 
 import ipaddress
 
-from lvsuser import model
-from lvsuser import pyfastpath
+from lvsuser import _fastpath, model, pyfastpath
 from lvsuser.fastpath.config import MODE_L2, CoreConfig, DestRoute
 
-try:
-    from lvsuser import _fastpath
-except ImportError:  # pragma: no cover - the package test reports a missing build
-    _fastpath = None
-
-CORES = [pyfastpath.Core] + ([_fastpath.Core] if _fastpath is not None else [])
-CORE_IDS = ["py", "c"][: len(CORES)]
+CORES = [pyfastpath.Core, _fastpath.Core]
+CORE_IDS = ["py", "c"]
 
 IF_CLIENT = 2  # director interface towards clients
 IF_SERVERS = 3  # director interface towards real servers

@@ -1,7 +1,9 @@
 """The `lvsuser` command: one entry point, a subcommand per job.
 
     lvsuser run [--control PATH] [--rules FILE] [--backend userspace|ipvs|table]
-                [--io afpacket|tun] [--interface IF ...]     the director, in the foreground
+                [--io afpacket|tun] [--interface IF ...]     the director, in the foreground;
+                [--state-dir DIR] [--clean]                  it keeps its table across restarts
+                                                             (--clean starts empty)
     lvsuser ipvsadm ARGS...                                  ipvsadm 1.31, against the director
     lvsuser mark add|del N [-t|-u] DST[/PREFIX] [--dport P[-Q]] [--source SRC]
     lvsuser mark list                                        firewall-mark rules for -f services

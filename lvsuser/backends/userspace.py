@@ -473,8 +473,18 @@ class UserspaceBackend(TableBackend):
         """A chunk of the core's table: copied under the core's lock, converted outside it."""
         if cursor < 0 or limit <= 0:
             raise model.IPVSError(errno.EINVAL, "bad cursor or page size")
-        with self._core_lock:
+        with self._listing_lock():
             return self.core.connections_chunk(cursor, limit, time.monotonic())
+
+    def _listing_lock(self):
+        """What a connection listing holds while it reads the core.  The compiled core's
+        connections_chunk takes the core's own lock around the copy (C data only) and builds
+        Python objects after releasing it: holding _core_lock as well would stop the driver's
+        expiry ticks (which take it) for the whole conversion.  The pure-Python core is read
+        under _core_lock, as every call into it."""
+        if type(self.core).__module__ == "lvsuser._fastpath":
+            return contextlib.nullcontext()
+        return self._core_lock
 
     def core_counters(self) -> dict:
         """The core's per-reason counters (drops, passes, new connections)."""

@@ -18,3 +18,17 @@ def test_console_scripts_are_installed():
 
 def test_version():
     assert lvsuser.__version__.count(".") == 2
+
+
+def test_console_entry_points_resolve_to_the_commands():
+    """setup.py's console_scripts name these: the lvsuser-ipvsadm script must still find
+    ipvsadm's main in the package it became."""
+    import io
+
+    from lvsuser import cli
+    from lvsuser.control.ipvsadm import main
+
+    out = io.StringIO()
+    assert main(["-v"], stdout=out) == 0
+    assert out.getvalue().startswith("ipvsadm v1.31 2019/12/24 (compiled with popt and IPVS v1.2.1)")
+    assert callable(cli.main)

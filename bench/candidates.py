@@ -148,8 +148,10 @@ class Lvsuser(Candidate):
                     raise Unavailable(f"`lvsuser realserver {self.mode}` failed: "
                                       f"{_tail(result.stderr or result.stdout)}")
                 self.realservers_done.append(rs)
+        # a fresh director each time: no table saved by an earlier run (kept beside the socket)
         argv = ["taskset", "-c", LVSUSER_CPU] + lvsuser_argv(
-            "run", "--control", self.control, "--io", self.io)
+            "run", "--control", self.control, "--io", self.io,
+            "--state-dir", self.control + ".state", "--clean")
         self.proc = topo.popen(topo.director, argv, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True, env=LVSUSER_ENV)
         deadline = time.monotonic() + 20

@@ -8,6 +8,8 @@
     link.py      one client connection to the control socket (no model: cheap to import)
     client.py    RemoteBackend: the Backend interface over the control socket
     daemon.py    `lvsuser run`: backend, rules, socket, signals
+    state.py     the rule table saved after every change and found again at start
+    describe.py  rule changes as ipvsadm lines, for the log
 
 Configuration flows one way: CLI -> control socket -> daemon -> backend.
 """

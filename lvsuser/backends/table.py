@@ -203,8 +203,9 @@ class TableBackend(Backend):
         with its dests, newest first as listed), the timeouts and the mark rules.  The objects
         are the stored ones: read them, do not change them."""
         with self._lock:
-            services = sorted(self._services.values(), key=lambda svc: self._service_age[svc.key])
-            return services, copy.copy(self._timeouts), list(self._mark_rules)
+            # _services is in the order services were added (a change rewrites a value in
+            # place, which keeps its position), i.e. by age: no sort needed
+            return list(self._services.values()), copy.copy(self._timeouts), list(self._mark_rules)
 
     def is_empty(self) -> bool:
         """No service, no mark rule and the default timeouts: nothing worth keeping."""

@@ -10,7 +10,9 @@ added by ``ipvsadm``, the ``--set`` timeouts and the mark rules, without re-addi
   backend's ``after_change`` hook, under the table's lock so saves are in change order) to a
   temporary file and renames it over ``rules.json``: a reader sees the old file or the new one,
   never half of one.  The directory is on tmpfs (/run), so no fsync: it is gone at reboot, as
-  the kernel's table is.
+  the kernel's table is.  The table copies a service on write and never changes a stored one,
+  so each service's JSON text is kept by object and only the services a change touched are
+  encoded again: a save costs a join and a write, not an encoding of the whole table.
 * At start, before the backend publishes anything, ``load()`` turns the file into one batch of
   operations (``apply_batch``) that rebuilds the same table: services in the order they were
   added, each one's real servers oldest first, so listings come back in the same order.  The
@@ -31,9 +33,9 @@ from lvsuser.control import protocol
 
 RULES_VERSION = 1
 _FORMAT_KEY = "lvsuser_rules"
-# Run-time fields the table reports but that are not rules.
-_SERVICE_RUNTIME = ("stats", "dests")
-_DEST_RUNTIME = ("stats", "activeconns", "inactconns", "persistconns", "flags")
+_SERVICE_FIELDS = ("af", "protocol", "port", "fwmark", "scheduler", "flags", "timeout", "netmask",
+                   "pe_name")
+_DEST_FIELDS = ("port", "weight", "u_threshold", "l_threshold", "tun_port", "tun_flags", "af")
 
 
 class StateError(Exception):
@@ -46,22 +48,28 @@ class RulesState:
     def __init__(self, directory: str):
         self.directory = directory
         self.path = os.path.join(directory, statedir.RULES_FILE)
+        self._texts: dict[int, tuple[object, str]] = {}  # id(service) -> (service, its JSON)
 
     # --- writing ----------------------------------------------------------------------------
     def save(self, backend) -> None:
         """Write ``backend``'s whole table (a TableBackend), atomically."""
         services, timeouts, mark_rules = backend.saved_table()
-        document = {
-            _FORMAT_KEY: RULES_VERSION,
-            "services": [_service_entry(svc) for svc in services],
-            "timeouts": protocol.encode(timeouts),
-            "mark_rules": protocol.encode(list(mark_rules)),
-        }
+        texts, kept = [], {}
+        for svc in services:
+            cached = self._texts.get(id(svc))
+            if cached is None or cached[0] is not svc:
+                cached = (svc, json.dumps(_service_entry(svc), separators=(",", ":")))
+            kept[id(svc)] = cached
+            texts.append(cached[1])
+        self._texts = kept  # only the live services: nothing stale is kept alive
+        document = "".join((
+            f'{{"{_FORMAT_KEY}":{RULES_VERSION},"services":[', ",".join(texts), '],"timeouts":',
+            json.dumps(protocol.encode(timeouts), separators=(",", ":")), ',"mark_rules":',
+            json.dumps(protocol.encode(list(mark_rules)), separators=(",", ":")), "}\n"))
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         temporary = f"{self.path}.{os.getpid()}.tmp"
         with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(document, handle, separators=(",", ":"))
-            handle.write("\n")
+            handle.write(document)
         os.replace(temporary, self.path)
 
     def discard(self) -> bool:
@@ -109,28 +117,35 @@ class RulesState:
 
 
 def _service_entry(svc) -> dict:
-    entry = protocol.encode(svc)
-    for name in _SERVICE_RUNTIME:
-        entry.pop(name, None)
-    dests = []
-    for dest in reversed(svc.dests):  # oldest first: added in this order, listed as before
-        encoded = protocol.encode(dest)
-        for name in _DEST_RUNTIME:
-            encoded.pop(name, None)
-        dests.append(encoded)
-    entry["dests_oldest_first"] = dests
+    """A service's rules (no counters), its real servers oldest first: added in that order at
+    the next start, they are listed as before (the table puts a new one first)."""
+    entry = {name: getattr(svc, name) for name in _SERVICE_FIELDS}
+    entry["addr"] = None if svc.addr is None else str(svc.addr)
+    entry["dests_oldest_first"] = [
+        {"addr": str(d.addr), "fwd": int(d.fwd), "tun_type": int(d.tun_type),
+         **{name: getattr(d, name) for name in _DEST_FIELDS}}
+        for d in reversed(svc.dests)]
     return entry
 
 
 def _operations(document: dict) -> list[tuple[str, dict]]:
+    import ipaddress
+
+    from lvsuser import model
+
     operations: list[tuple[str, dict]] = []
     for entry in document["services"]:
         entry = dict(entry)
         dests = entry.pop("dests_oldest_first")
-        svc = protocol.decode(entry)
+        addr = entry.pop("addr")
+        svc = model.Service(addr=None if addr is None else ipaddress.ip_address(addr), **entry)
         operations.append(("add_service", {"svc": svc}))
         for raw in dests:
-            operations.append(("add_dest", {"key": svc.key, "dest": protocol.decode(raw)}))
+            raw = dict(raw)
+            dest = model.Dest(addr=ipaddress.ip_address(raw.pop("addr")),
+                              fwd=model.Forward(raw.pop("fwd")),
+                              tun_type=model.TunType(raw.pop("tun_type")), **raw)
+            operations.append(("add_dest", {"key": svc.key, "dest": dest}))
     operations.append(("set_timeouts", {"timeouts": protocol.decode(document["timeouts"])}))
     for rule in protocol.decode(document["mark_rules"]):
         operations.append(("add_mark_rule", {"rule": rule}))

@@ -318,3 +318,21 @@ def test_a_batch_edits_its_own_copy_and_a_failed_one_restores_the_very_objects()
     assert [(d.addr, d.weight) for d in table.get_service(tcp_service(80).key).dests] == [
         (RIP2, 1), (RIP1, 5)]
     assert [(d.addr, d.weight) for d in stored.dests] == [(RIP1, 1)]
+
+
+def test_saved_table_lists_services_in_the_order_they_were_added():
+    table = TableBackend()
+    ports = [90, 80, 85, 81]
+    for port in ports:
+        table.add_service(tcp_service(port))
+    table.edit_service(tcp_service(90, scheduler="rr"))  # a change keeps the position
+    table.add_dest(tcp_service(80).key, dest())
+    table.del_service(tcp_service(85).key)
+    table.add_service(tcp_service(85))
+    with pytest.raises(BatchFailed):  # a refused batch restores the order too
+        table.apply_batch([("del_service", {"key": tcp_service(90).key}),
+                           ("del_service", {"key": tcp_service(90).key})])
+    services, timeouts, marks = table.saved_table()
+    assert [s.port for s in services] == [90, 80, 81, 85]
+    ages = [table._service_age[s.key] for s in services]
+    assert ages == sorted(ages)

@@ -428,7 +428,7 @@ class UserspaceBackend(TableBackend):
         key = self._fingerprint(config, ifnames)
         if key == self._published_key:
             return
-        config.validate()
+        # (core.publish validates the configuration itself, before it changes anything)
         # From here the core, the guard and the routes may each hold the new table or the old:
         # until all of them took it, the next publish must not be skipped as "unchanged".
         self._published_key = None

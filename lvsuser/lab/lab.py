@@ -151,7 +151,8 @@ class Lab:
         log = open(os.path.join(self.dir, "director.log"), "wb")
         try:
             self.director_proc = self.topo.popen(
-                self.ns["director"], [PYTHON, "-m", "lvsuser", "run", "--control", self.control],
+                self.ns["director"], [PYTHON, "-m", "lvsuser", "run", "--control", self.control,
+                                      "--state-dir", os.path.join(self.dir, "state")],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=child_env())
         finally:
             log.close()

@@ -81,7 +81,8 @@ Packets that match get firewall mark N, for services added with `ipvsadm -A -f N
 def mark_main(argv: list[str] | None = None) -> int:
     """Manage MarkRules on the running director."""
     from lvsuser.control import rules
-    from lvsuser.control.client import ControlUnreachable, RemoteBackend
+    from lvsuser.control.client import RemoteBackend
+    from lvsuser.control.link import ControlUnreachable
     from lvsuser.model import IPVSError
 
     args = list(sys.argv[2:] if argv is None else argv)

@@ -104,7 +104,8 @@ def main(argv: list[str]) -> int:
     import errno
     import sys
 
-    from lvsuser.control.client import ControlUnreachable, RemoteBackend
+    from lvsuser.control.client import RemoteBackend
+    from lvsuser.control.link import ControlUnreachable
     from lvsuser.model import IPVSError
 
     control, show_all, as_json = None, False, False

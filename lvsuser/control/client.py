@@ -6,10 +6,8 @@ from typing import Any, Optional
 
 from lvsuser.backends.base import Backend, BatchFailed
 from lvsuser.control import protocol
-from lvsuser.control.link import ControlLink, ControlUnreachable, default_socket_path
+from lvsuser.control.link import ControlLink
 from lvsuser.model import Dest, IPVSError, MarkRule, Service, ServiceKey, SyncDaemon, Timeouts
-
-__all__ = ["ControlUnreachable", "RemoteBackend", "default_socket_path"]
 
 
 class RemoteBackend(Backend):

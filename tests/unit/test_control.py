@@ -12,7 +12,8 @@ from lvsuser import model
 from lvsuser.backends.base import BatchFailed
 from lvsuser.backends.table import TableBackend
 from lvsuser.control import protocol
-from lvsuser.control.client import ControlUnreachable, RemoteBackend
+from lvsuser.control.client import RemoteBackend
+from lvsuser.control.link import ControlUnreachable
 from lvsuser.control.server import ControlServer, ControlSocketInUse
 from lvsuser.model import Dest, Forward, IPVSError, MarkRule, Service
 

@@ -13,7 +13,16 @@ We drop, per served interface:
   * frames to a virtual service (VIP + protocol + port, or the packets a fwmark rule selects);
   * ICMP errors addressed to a VIP (the core relates them to a connection);
   * NAT replies: frames from a masquerading real server's address and port, and ICMP errors it
-    sends (the core rewrites and forwards them).
+    sends (the core rewrites and forwards them) -- but only those addressed to someone else.
+
+A NAT reply goes to a client, never to one of the director's own addresses; a frame from RIP:port
+addressed to the director is the answer to the director's *own* connection (a health check, an
+operator's ``curl http://RIP/``), which kernel IPVS leaves alone too.  So the NAT-reply rules end
+in ``fib daddr type != local``: the kernel's own answer to "is this one of my addresses", looked
+up per packet in the namespace's local table, so it is never stale (no set of addresses to keep
+current, no window after an address is added).  The netdev family has ``fib`` since Linux 4.16.
+The VIP rules come first and carry no such exception: a VIP the director holds locally (the
+guide's ``eth0:0``) is local, and its service traffic must stay hidden all the same.
 Everything else (ARP, pings to the director, its own sessions) passes.
 
 The table is named per director (``lvsuser_<pid>``) so several directors in one namespace, or a
@@ -37,6 +46,8 @@ TABLE_PREFIX = "lvsuser_"
 _PROTO_NAME = {model.IPPROTO_TCP: "tcp", model.IPPROTO_UDP: "udp", model.IPPROTO_SCTP: "sctp"}
 _ICMP4_ERRORS = "icmp type { destination-unreachable, source-quench, time-exceeded, parameter-problem }"
 _ICMP6_ERRORS = "icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem }"
+# NAT-reply rules spare frames addressed to the director itself (see the theory above)
+_NOT_TO_DIRECTOR = "fib daddr type != local"
 _IFNAME_OK = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
 
 
@@ -105,10 +116,10 @@ def service_rules(services: Iterable[model.Service], mark_rules: Iterable[model.
             protos = [_PROTO_NAME[svc.protocol]] if svc.protocol in _PROTO_NAME else ["tcp", "udp"]
             for proto in protos:
                 if dest.port:
-                    add(f"{fam} saddr {dest.addr} {proto} sport {dest.port} drop")
+                    add(f"{fam} saddr {dest.addr} {proto} sport {dest.port} {_NOT_TO_DIRECTOR} drop")
                 else:
-                    add(f"{fam} saddr {dest.addr} meta l4proto {proto} drop")
-            add(f"{fam} saddr {dest.addr} {errors} drop")
+                    add(f"{fam} saddr {dest.addr} meta l4proto {proto} {_NOT_TO_DIRECTOR} drop")
+            add(f"{fam} saddr {dest.addr} {errors} {_NOT_TO_DIRECTOR} drop")
     for vip in sorted(vips, key=lambda a: (a.version, a)):
         fam, errors = _family_words(vip)
         add(f"{fam} daddr {vip} {errors} drop")

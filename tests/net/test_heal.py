@@ -1,0 +1,145 @@
+"""A director that keeps working around itself: its own connections to real servers, a flushed
+guard, a second director in the namespace, a namespace with loopback alone at start.
+
+The topologies and the `lvsuser run` wrapper are test_forward's (the guide's hosts as namespaces).
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .conftest import start_realserver, wait_for
+from .test_forward import (VIP6, VIP_NAT, VIP_SEG, Capture, Director, build_nat, build_nat6,
+                           build_segment, check_director_kernel_silent, curl_names, scapy_all)
+
+LVSUSER = [sys.executable, "-m", "lvsuser"]
+
+# A UDP request from wherever it runs; prints the answer (or nothing after three tries).
+UDP_ASK = r"""
+import socket, sys
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(family, socket.SOCK_DGRAM)
+s.settimeout(1)
+for attempt in range(3):
+    s.sendto(b"hello", (sys.argv[1], int(sys.argv[2])))
+    try:
+        print(s.recvfrom(2048)[0].decode())
+        break
+    except socket.timeout:
+        continue
+"""
+
+
+@pytest.fixture(scope="module")
+def tools_ready():
+    for argv in (["nft", "--version"], ["tcpdump", "--version"], ["curl", "--version"]):
+        try:
+            subprocess.run(argv, capture_output=True, timeout=20, check=True)
+        except (OSError, subprocess.SubprocessError):
+            pytest.skip(f"{argv[0]} is needed (tools/setup.sh installs it)")
+
+
+def _curl(topo, ns, url, seconds=3):
+    result = topo.run(ns, ["curl", "-s", "-g", "-m", str(seconds), url], timeout=seconds + 5)
+    return result.stdout.strip() or f"<curl exit {result.returncode}>"
+
+
+def _udp(topo, ns, addr, port):
+    return topo.run(ns, [sys.executable, "-c", UDP_ASK, addr, str(port)], timeout=15).stdout.strip()
+
+
+# --------------------------------------------------------------------------- the director's own traffic
+
+@pytest.mark.parametrize("io", ["afpacket", "tun"])
+def test_director_reaches_nat_real_servers_while_serving_clients(topo, tmp_path, tools_ready, io):
+    """NAT (-m), VIP on the director: the director's own curl and UDP to RIP:port get their
+    answers, while the clients' replies through the VIP are still rewritten and the director's
+    kernel still sends nothing for the VIP (no RST for the local VIP, no raw NAT reply).
+    With --io tun the same holds for the policy routes that steer NAT replies into the device."""
+    cl, dr, rs = build_nat(topo)
+    rips = ["198.18.1.11", "198.18.1.12"]
+    for n, ns in enumerate(rs):
+        start_realserver(topo, ns, f"rs{n + 1}", "0.0.0.0")
+    director = Director(topo, dr, str(tmp_path / "control.sock"), io=io)
+    director.start()
+    try:
+        director.ipvsadm("-A", "-t", f"{VIP_NAT}:80", "-s", "rr")
+        director.ipvsadm("-A", "-u", f"{VIP_NAT}:5353", "-s", "rr")
+        for rip in rips:
+            director.ipvsadm("-a", "-t", f"{VIP_NAT}:80", "-r", f"{rip}:80", "-m")
+            director.ipvsadm("-a", "-u", f"{VIP_NAT}:5353", "-r", f"{rip}:5353", "-m")
+        kernel_cap = Capture(topo, dr, "eth0", str(tmp_path / "dir-eth0.pcap"), direction="out")
+        client_cap = Capture(topo, cl, "eth0", str(tmp_path / "client.pcap"))
+        for round_ in range(2):  # interleaved: the guard must tell the two apart packet by packet
+            assert [_curl(topo, dr, f"http://{rip}/") for rip in rips] == ["rs1", "rs2"]
+            assert _udp(topo, dr, rips[0], 5353) == "rs1 hello"
+            assert curl_names(topo, cl, f"http://{VIP_NAT}/", 2) == ["rs2", "rs1"]
+        assert _udp(topo, cl, VIP_NAT, 5353) in ("rs1 hello", "rs2 hello")
+        check_director_kernel_silent(kernel_cap.packets(), VIP_NAT, set(rips),
+                                     routes_our_output=(io == "tun"))
+        to_client = [p for p in client_cap.packets() if p.haslayer(scapy_all.IP)
+                     and p[scapy_all.IP].dst == "198.18.0.2" and p.haslayer(scapy_all.TCP)]
+        assert to_client and all(p[scapy_all.IP].src == VIP_NAT for p in to_client), \
+            [p.summary() for p in to_client[:5]]
+        if io == "afpacket":  # the guard rules the director's traffic slips past are still there
+            ruleset = topo.run(dr, ["nft", "list", "ruleset"]).stdout
+            assert "ip saddr 198.18.1.11 tcp sport 80" in ruleset, ruleset
+    finally:
+        assert director.stop() == 0, director.log()
+
+
+def test_director_reaches_nat_real_servers_ipv6(topo, tmp_path, tools_ready):
+    cl, dr, rs = build_nat6(topo)
+    rips = ["2001:db8:0:2::11", "2001:db8:0:2::12"]
+    for n, ns in enumerate(rs):
+        start_realserver(topo, ns, f"rs{n + 1}", "::")
+    director = Director(topo, dr, str(tmp_path / "control.sock"))
+    director.start()
+    try:
+        director.ipvsadm("-A", "-t", f"[{VIP6}]:80", "-s", "rr")
+        director.ipvsadm("-A", "-u", f"[{VIP6}]:5353", "-s", "rr")
+        for rip in rips:
+            director.ipvsadm("-a", "-t", f"[{VIP6}]:80", "-r", f"[{rip}]:80", "-m")
+            director.ipvsadm("-a", "-u", f"[{VIP6}]:5353", "-r", f"[{rip}]:5353", "-m")
+        kernel_cap = Capture(topo, dr, "eth0", str(tmp_path / "dir6.pcap"), direction="out", bpf="ip6")
+        for round_ in range(2):
+            assert [_curl(topo, dr, f"http://[{rip}]/") for rip in rips] == ["rs1", "rs2"]
+            assert _udp(topo, dr, rips[1], 5353) == "rs2 hello"
+            assert curl_names(topo, cl, f"http://[{VIP6}]/", 2) == ["rs2", "rs1"]
+        ip6 = scapy_all.IPv6
+        # neighbour discovery for the local VIP is the kernel's job, like ARP; nothing else is
+        leaked = [p for p in kernel_cap.packets() if p.haslayer(ip6)
+                  and not p.haslayer(scapy_all.ICMPv6ND_NA) and not p.haslayer(scapy_all.ICMPv6ND_NS)
+                  and (p[ip6].src == VIP6 or p[ip6].src in rips
+                       or (p.haslayer(scapy_all.TCP) and p[scapy_all.TCP].flags & 0x04))]
+        assert not leaked, [p.summary() for p in leaked[:5]]
+    finally:
+        assert director.stop() == 0, director.log()
+
+
+@pytest.mark.parametrize("mode,method", [("dr", "-g"), ("tun", "-i")])
+def test_director_reaches_segment_real_servers(topo, tmp_path, tools_ready, mode, method):
+    """DR and TUN: the director's own connections to a real server's service port work while
+    clients are served through the VIP."""
+    cl, dr, rs = build_segment(topo, mode)
+    rips = ["198.18.2.11", "198.18.2.12"]
+    for n, ns in enumerate(rs):
+        start_realserver(topo, ns, f"rs{n + 1}", "0.0.0.0", udp_addr="0.0.0.0")
+    director = Director(topo, dr, str(tmp_path / "control.sock"))
+    director.start()
+    try:
+        director.ipvsadm("-A", "-t", f"{VIP_SEG}:80", "-s", "rr")
+        for rip in rips:
+            director.ipvsadm("-a", "-t", f"{VIP_SEG}:80", "-r", rip, method)
+        kernel_cap = Capture(topo, dr, "eth0", str(tmp_path / "dir.pcap"), direction="out")
+        for round_ in range(2):
+            assert [_curl(topo, dr, f"http://{rip}/") for rip in rips] == ["rs1", "rs2"]
+            assert _udp(topo, dr, rips[0], 5353) == "rs1 hello"
+            assert curl_names(topo, cl, f"http://{VIP_SEG}/", 2) == ["rs2", "rs1"]
+        # the director's own SYNs come from its address, not the VIP: nothing it sent was for the VIP
+        check_director_kernel_silent(kernel_cap.packets(), VIP_SEG, set())
+    finally:
+        assert director.stop() == 0, director.log()

@@ -11,7 +11,8 @@ kernel's.  A publish is skipped when nothing the core sees has changed.
 
 Driver threads run the I/O loop (``AfPacketDriver`` or ``TunDriver`` from ``lvsuser._fastpath``),
 which holds the GIL only around the Python parts of a batch.  With ``io='afpacket'`` an nftables
-guard keeps the director's kernel out of VIP traffic (director/guard.py); with ``io='tun'``
+guard keeps the director's kernel out of VIP traffic (director/guard.py), watched and put back
+when something removes or changes it (director/guardwatch.py); with ``io='tun'``
 policy routes steer that traffic into the TUN device instead (director/tunroutes.py).
 
 ``close()`` stops the threads and removes everything this backend added: nft table, rules,
@@ -35,6 +36,7 @@ from lvsuser.backends.base import BackendUnavailable
 from lvsuser.backends.table import TableBackend
 from lvsuser.director import guard as guard_mod
 from lvsuser.director.forwarding import Resolver, mac_bytes
+from lvsuser.director.guardwatch import GuardWatch
 from lvsuser.director.monitor import Monitor
 from lvsuser.fastpath import config as cfg
 
@@ -142,6 +144,7 @@ class UserspaceBackend(TableBackend):
         self._tunroutes = None
         self._tun = None
         self._monitor: Optional[Monitor] = None
+        self._guard_watch: Optional[GuardWatch] = None
         self.resolver = Resolver()
         try:
             links = self.resolver.links()
@@ -158,6 +161,8 @@ class UserspaceBackend(TableBackend):
             except guard_mod.GuardError as exc:
                 raise BackendUnavailable(f"cannot install the nftables guard: {exc}.") from exc
             self._monitor = Monitor(self._republish_quietly).start()
+            if self._guard is not None:
+                self._guard_watch = GuardWatch(self._guard).start()
         except BaseException:
             self.close()
             raise
@@ -435,6 +440,8 @@ class UserspaceBackend(TableBackend):
             self._closed = True
         if self._monitor is not None:
             self._monitor.stop()
+        if self._guard_watch is not None:  # before the guard goes, or it would put it back
+            self._guard_watch.stop()
         # what the core and the drivers counted, kept for whoever reads the log (drops by
         # reason, batches): `lvsuser counters` asks a running director for the same
         stats = self.driver_stats()

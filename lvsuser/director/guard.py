@@ -36,6 +36,7 @@ import logging
 import os
 import re
 import subprocess
+import threading
 from typing import Iterable, Optional
 
 from lvsuser import model
@@ -127,11 +128,20 @@ def service_rules(services: Iterable[model.Service], mark_rules: Iterable[model.
 
 
 class Guard:
-    """One netdev table for this director; ``apply`` replaces its rules atomically."""
+    """One netdev table for this director; ``apply`` replaces its rules atomically.
+
+    It also remembers what it installed (the script, and nft's own listing of the result), so
+    ``verify()`` can tell whether someone removed or changed the table since, and
+    ``restore()`` can put it back.  A lock orders ``apply``, ``verify``/``restore`` and
+    ``remove``, which run from different threads (control, netlink monitor, guard watch)."""
 
     def __init__(self, table: Optional[str] = None):
         self.table = table or f"{TABLE_PREFIX}{os.getpid()}"
         self.installed = False
+        self._lock = threading.RLock()
+        self._script = ""
+        self._listing: Optional[str] = None
+        self.restores = 0  # times the table was found removed or altered and put back
 
     def script(self, ifnames: Iterable[str], rules: list[str]) -> str:
         lines = [f"table netdev {self.table} {{}}", f"delete table netdev {self.table}",
@@ -147,17 +157,69 @@ class Guard:
         return "\n".join(lines) + "\n"
 
     def apply(self, ifnames: Iterable[str], rules: list[str]) -> None:
-        _run_nft(self.script(ifnames, rules))
-        self.installed = True
+        script = self.script(ifnames, rules)
+        with self._lock:
+            _run_nft(script)
+            self.installed = True
+            self._script = script
+            self._listing = self.listing()
+
+    def listing(self) -> Optional[str]:
+        """nft's listing of the table as it is now; None when there is no such table."""
+        try:
+            proc = subprocess.run(["nft", "list", "table", "netdev", self.table], text=True,
+                                  capture_output=True, timeout=10)
+        except (FileNotFoundError, subprocess.TimeoutExpired):
+            return None
+        return proc.stdout if proc.returncode == 0 else None
+
+    def verify(self) -> Optional[str]:
+        """None if the table is as installed (or not installed by us), else what is wrong."""
+        with self._lock:
+            if not self.installed:
+                return None
+            now = self.listing()
+            if now == self._listing:
+                return None
+            return "removed" if now is None else "altered"
+
+    def restore(self) -> Optional[str]:
+        """Put the table back if it was removed or altered; returns what was found, or None.
+
+        Logs one WARNING line when it restored the table.  If nft refuses the saved script (an
+        interface it names has gone since), the backend's next republish installs a new one."""
+        with self._lock:
+            found = self.verify()
+            if found is None:
+                return None
+            try:
+                _run_nft(self._script)
+            except GuardError as exc:
+                log.warning("nft table netdev %s was %s and could not be restored yet: %s",
+                            self.table, found, exc)
+                return found
+            self._listing = self.listing()
+            self.restores += 1
+        log.warning("nft table netdev %s was %s (by `nft flush ruleset` or another program); "
+                    "restored it", self.table, found)
+        return found
 
     def remove(self) -> None:
-        if not self.installed:
-            return
-        try:
-            _run_nft(f"table netdev {self.table} {{}}\ndelete table netdev {self.table}\n")
-        except GuardError as exc:
-            log.warning("could not remove nft table %s: %s", self.table, exc)
-        self.installed = False
+        with self._lock:
+            if not self.installed:
+                return
+            try:
+                _run_nft(f"table netdev {self.table} {{}}\ndelete table netdev {self.table}\n")
+            except GuardError as exc:
+                log.warning("could not remove nft table %s: %s", self.table, exc)
+            self.installed = False
+            self._script, self._listing = "", None
+
+    def forget(self) -> None:
+        """Stop owning the table but leave it installed (a director stopping with its state
+        kept: the kernel stays out of VIP traffic until the next director adopts the table)."""
+        with self._lock:
+            self.installed = False
 
 
 def sweep_stale() -> list[str]:

@@ -143,3 +143,64 @@ def test_director_reaches_segment_real_servers(topo, tmp_path, tools_ready, mode
         check_director_kernel_silent(kernel_cap.packets(), VIP_SEG, set())
     finally:
         assert director.stop() == 0, director.log()
+
+
+# --------------------------------------------------------------------------- the guard heals
+
+def _guard_tables(topo, ns):
+    listed = topo.run(ns, ["nft", "list", "tables", "netdev"]).stdout.split()
+    return [word for word in listed if word.startswith("lvsuser_")]
+
+
+def _seconds_until_guard_back(topo, ns, table, limit=3.0):
+    """Poll `nft list table` (bounded) until TABLE lists as before; seconds it took, or None."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        if table in _guard_tables(topo, ns):
+            return time.monotonic() - started
+        time.sleep(0.02)
+    return None
+
+
+def test_guard_restored_after_flush_delete_and_edit(topo, tmp_path, tools_ready):
+    """`nft flush ruleset`, `nft delete table`, a rule slipped into the guard's chain: each is
+    undone within a second with one WARNING line naming the table, and the VIP configured on
+    the director works again (without the guard its kernel would answer the SYN with a RST)."""
+    cl, dr, rs = build_nat(topo)
+    for n, ns in enumerate(rs):
+        start_realserver(topo, ns, f"rs{n + 1}", "0.0.0.0")
+    director = Director(topo, dr, str(tmp_path / "control.sock"))
+    director.start()
+    try:
+        director.ipvsadm("-A", "-t", f"{VIP_NAT}:80", "-s", "rr")
+        for rip in ("198.18.1.11", "198.18.1.12"):
+            director.ipvsadm("-a", "-t", f"{VIP_NAT}:80", "-r", f"{rip}:80", "-m")
+        assert curl_names(topo, cl, f"http://{VIP_NAT}/", 2) == ["rs2", "rs1"]
+        tables = _guard_tables(topo, dr)
+        assert len(tables) == 1, tables
+        table = tables[0]
+        installed = topo.run(dr, ["nft", "list", "table", "netdev", table]).stdout
+        assert "tcp dport 80 drop" in installed
+
+        tamperings = [["nft", "flush", "ruleset"],
+                      ["nft", "delete", "table", "netdev", table],
+                      ["nft", "insert", "rule", "netdev", table, "in0", "tcp", "dport", "80", "accept"]]
+        for n, argv in enumerate(tamperings):
+            topo.run(dr, argv, check=True)
+            if argv[1] == "insert":  # the table is still there: wait for it to list as installed
+                started = time.monotonic()
+                back = wait_for(lambda: topo.run(dr, ["nft", "list", "table", "netdev", table]).stdout
+                                == installed, timeout=3, step=0.02)
+                took = time.monotonic() - started if back else None
+            else:
+                took = _seconds_until_guard_back(topo, dr, table)
+            assert took is not None and took < 1.0, (argv, took, director.log())
+            assert topo.run(dr, ["nft", "list", "table", "netdev", table]).stdout == installed
+            warnings = [line for line in director.log().splitlines()
+                        if "WARNING" in line and table in line and "restored" in line]
+            assert len(warnings) == n + 1, director.log()
+            assert ("removed" if argv[1] != "insert" else "altered") in warnings[-1]
+            assert curl_names(topo, cl, f"http://{VIP_NAT}/", 2) == ["rs2", "rs1"], director.log()
+    finally:
+        assert director.stop() == 0, director.log()
+    assert not _guard_tables(topo, dr)  # a clean stop removes it, and the watch does not resurrect it

@@ -68,8 +68,11 @@ _positive_int.__name__ = "positive integer"  # argparse names the type in its er
 
 
 def make_backend(kind: str, io: str = "afpacket", interfaces: Optional[list[str]] = None,
-                 max_conns: Optional[int] = None) -> Backend:
-    """The backend named on the command line; BackendUnavailable says why it cannot run."""
+                 max_conns: Optional[int] = None, control_path: Optional[str] = None) -> Backend:
+    """The backend named on the command line; BackendUnavailable says why it cannot run.
+
+    The userspace backend given `control_path` claims the network namespace (one director per
+    namespace) and names its lasting state (the guard's nft table) after it."""
     if kind == "table":
         from lvsuser.backends.table import TableBackend
         return TableBackend()
@@ -79,8 +82,9 @@ def make_backend(kind: str, io: str = "afpacket", interfaces: Optional[list[str]
         except ImportError as exc:
             raise BackendUnavailable(f"the userspace backend cannot be loaded ({exc}).") from exc
         if max_conns is None:
-            return UserspaceBackend(io=io, interfaces=interfaces)
-        return UserspaceBackend(io=io, interfaces=interfaces, max_conns=max_conns)
+            return UserspaceBackend(io=io, interfaces=interfaces, control_path=control_path)
+        return UserspaceBackend(io=io, interfaces=interfaces, max_conns=max_conns,
+                                control_path=control_path)
     if kind == "ipvs":
         try:
             from lvsuser.backends.ipvs import IPVSBackend
@@ -233,7 +237,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 1
     try:
         backend = make_backend(args.backend, io=args.io, interfaces=args.interface,
-                               max_conns=args.max_conns)
+                               max_conns=args.max_conns, control_path=control)
     except BackendUnavailable as exc:
         print(f"lvsuser: {exc}", file=sys.stderr)
         return 1

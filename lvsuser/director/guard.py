@@ -25,9 +25,13 @@ The VIP rules come first and carry no such exception: a VIP the director holds l
 guide's ``eth0:0``) is local, and its service traffic must stay hidden all the same.
 Everything else (ARP, pings to the director, its own sessions) passes.
 
-The table is named per director (``lvsuser_<pid>``) so several directors in one namespace, or a
-crashed one's leftovers, never collide; ``sweep_stale()`` removes tables of directors that are
-gone.  The ruleset is replaced in one nft transaction so there is no window without a guard.
+The table is named after the director's state tag (``lvsuser_<tag>``, lvsuser.statedir: derived
+from its control socket), so the same director started again -- after SIGTERM with its state
+kept, SIGKILL, an upgrade -- adopts its own table, and the kernel stays out of VIP traffic
+across the gap.  ``sweep_stale()`` removes tables nobody will come back for: those of directors
+whose state is gone, and the older per-process ``lvsuser_<pid>`` tables of dead processes.  The
+ruleset is replaced in one nft transaction (create, delete, create) so there is no window
+without a guard, also when adopting.
 """
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ import subprocess
 import threading
 from typing import Iterable, Optional
 
-from lvsuser import model
+from lvsuser import model, statedir
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,7 @@ _ICMP6_ERRORS = "icmpv6 type { destination-unreachable, packet-too-big, time-exc
 # NAT-reply rules spare frames addressed to the director itself (see the theory above)
 _NOT_TO_DIRECTOR = "fib daddr type != local"
 _IFNAME_OK = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
+_TABLE_OK = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 
 
 class GuardError(RuntimeError):
@@ -137,11 +142,21 @@ class Guard:
 
     def __init__(self, table: Optional[str] = None):
         self.table = table or f"{TABLE_PREFIX}{os.getpid()}"
+        if not _TABLE_OK.match(self.table):
+            raise GuardError(f"{self.table!r} cannot name an nft table")
         self.installed = False
         self._lock = threading.RLock()
         self._script = ""
         self._listing: Optional[str] = None
         self.restores = 0  # times the table was found removed or altered and put back
+
+    @classmethod
+    def for_director(cls, control_path: Optional[str]) -> "Guard":
+        """The guard of the director behind `control_path`, named after its state tag so that
+        the same director started again adopts its table; per process without a socket."""
+        if control_path is None:
+            return cls()
+        return cls(TABLE_PREFIX + statedir.state_tag(control_path))
 
     def script(self, ifnames: Iterable[str], rules: list[str]) -> str:
         lines = [f"table netdev {self.table} {{}}", f"delete table netdev {self.table}",
@@ -222,24 +237,42 @@ class Guard:
             self.installed = False
 
 
-def sweep_stale() -> list[str]:
-    """Delete guard tables left by directors whose process is gone (killed with SIGKILL)."""
+def stale_tables(names: Iterable[str], own: Optional[str] = None,
+                 state_root: str = statedir.STATE_ROOT) -> list[str]:
+    """Which of these nft table names are guards nobody will come back for.
+
+    ``lvsuser_<pid>`` (a director without a control socket, or an older version): stale once
+    that process is gone.  ``lvsuser_<state tag>``: kept while the director's state directory
+    exists -- it keeps the kernel quiet until that director, restarted, adopts the table --
+    and stale once the state is gone.  `own` (this director's table) is never stale."""
+    stale = []
+    for name in names:
+        if name == own or not name.startswith(TABLE_PREFIX):
+            continue
+        rest = name[len(TABLE_PREFIX):]
+        if rest.isdigit():
+            pid = int(rest)
+            if pid != os.getpid() and not os.path.exists(f"/proc/{pid}"):
+                stale.append(name)
+        elif rest and not os.path.isdir(os.path.join(state_root, rest)):
+            stale.append(name)
+    return stale
+
+
+def sweep_stale(own: Optional[str] = None) -> list[str]:
+    """Delete the guard tables of this namespace that `stale_tables` finds stale."""
     try:
         proc = subprocess.run(["nft", "list", "tables", "netdev"], text=True, capture_output=True,
                               timeout=10)
     except (FileNotFoundError, subprocess.TimeoutExpired):
         return []
+    names = [m.group(1) for m in (re.match(r"table netdev (\S+)$", line.strip())
+                                  for line in proc.stdout.splitlines()) if m]
     removed = []
-    for line in proc.stdout.splitlines():
-        match = re.match(rf"table netdev ({TABLE_PREFIX}(\d+))$", line.strip())
-        if not match:
-            continue
-        pid = int(match.group(2))
-        if pid == os.getpid() or os.path.exists(f"/proc/{pid}"):
-            continue
+    for name in stale_tables(names, own):
         try:
-            _run_nft(f"delete table netdev {match.group(1)}\n")
-            removed.append(match.group(1))
+            _run_nft(f"delete table netdev {name}\n")
+            removed.append(name)
         except GuardError:
             pass
     return removed

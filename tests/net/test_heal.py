@@ -76,7 +76,7 @@ def test_director_reaches_nat_real_servers_while_serving_clients(topo, tmp_path,
         for round_ in range(2):  # interleaved: the guard must tell the two apart packet by packet
             assert [_curl(topo, dr, f"http://{rip}/") for rip in rips] == ["rs1", "rs2"]
             assert _udp(topo, dr, rips[0], 5353) == "rs1 hello"
-            assert curl_names(topo, cl, f"http://{VIP_NAT}/", 2) == ["rs2", "rs1"]
+            assert sorted(curl_names(topo, cl, f"http://{VIP_NAT}/", 2)) == ["rs1", "rs2"]
         assert _udp(topo, cl, VIP_NAT, 5353) in ("rs1 hello", "rs2 hello")
         check_director_kernel_silent(kernel_cap.packets(), VIP_NAT, set(rips),
                                      routes_our_output=(io == "tun"))
@@ -87,6 +87,8 @@ def test_director_reaches_nat_real_servers_while_serving_clients(topo, tmp_path,
         if io == "afpacket":  # the guard rules the director's traffic slips past are still there
             ruleset = topo.run(dr, ["nft", "list", "ruleset"]).stdout
             assert "ip saddr 198.18.1.11 tcp sport 80" in ruleset, ruleset
+            # our own rule changes are not mistaken for tampering
+            assert "restored" not in director.log(), director.log()
     finally:
         assert director.stop() == 0, director.log()
 
@@ -108,7 +110,7 @@ def test_director_reaches_nat_real_servers_ipv6(topo, tmp_path, tools_ready):
         for round_ in range(2):
             assert [_curl(topo, dr, f"http://[{rip}]/") for rip in rips] == ["rs1", "rs2"]
             assert _udp(topo, dr, rips[1], 5353) == "rs2 hello"
-            assert curl_names(topo, cl, f"http://[{VIP6}]/", 2) == ["rs2", "rs1"]
+            assert sorted(curl_names(topo, cl, f"http://[{VIP6}]/", 2)) == ["rs1", "rs2"]
         ip6 = scapy_all.IPv6
         # neighbour discovery for the local VIP is the kernel's job, like ARP; nothing else is
         leaked = [p for p in kernel_cap.packets() if p.haslayer(ip6)
@@ -138,7 +140,7 @@ def test_director_reaches_segment_real_servers(topo, tmp_path, tools_ready, mode
         for round_ in range(2):
             assert [_curl(topo, dr, f"http://{rip}/") for rip in rips] == ["rs1", "rs2"]
             assert _udp(topo, dr, rips[0], 5353) == "rs1 hello"
-            assert curl_names(topo, cl, f"http://{VIP_SEG}/", 2) == ["rs2", "rs1"]
+            assert sorted(curl_names(topo, cl, f"http://{VIP_SEG}/", 2)) == ["rs1", "rs2"]
         # the director's own SYNs come from its address, not the VIP: nothing it sent was for the VIP
         check_director_kernel_silent(kernel_cap.packets(), VIP_SEG, set())
     finally:
@@ -175,7 +177,7 @@ def test_guard_restored_after_flush_delete_and_edit(topo, tmp_path, tools_ready)
         director.ipvsadm("-A", "-t", f"{VIP_NAT}:80", "-s", "rr")
         for rip in ("198.18.1.11", "198.18.1.12"):
             director.ipvsadm("-a", "-t", f"{VIP_NAT}:80", "-r", f"{rip}:80", "-m")
-        assert curl_names(topo, cl, f"http://{VIP_NAT}/", 2) == ["rs2", "rs1"]
+        assert sorted(curl_names(topo, cl, f"http://{VIP_NAT}/", 2)) == ["rs1", "rs2"]
         tables = _guard_tables(topo, dr)
         assert len(tables) == 1, tables
         table = tables[0]
@@ -200,7 +202,177 @@ def test_guard_restored_after_flush_delete_and_edit(topo, tmp_path, tools_ready)
                         if "WARNING" in line and table in line and "restored" in line]
             assert len(warnings) == n + 1, director.log()
             assert ("removed" if argv[1] != "insert" else "altered") in warnings[-1]
-            assert curl_names(topo, cl, f"http://{VIP_NAT}/", 2) == ["rs2", "rs1"], director.log()
+            assert sorted(curl_names(topo, cl, f"http://{VIP_NAT}/", 2)) == ["rs1", "rs2"], director.log()
     finally:
         assert director.stop() == 0, director.log()
     assert not _guard_tables(topo, dr)  # a clean stop removes it, and the watch does not resurrect it
+
+
+# --------------------------------------------------------------------------- one per namespace
+
+def test_second_director_in_a_namespace_is_refused(topo, tmp_path, tools_ready):
+    """A second `lvsuser run` in a served namespace exits 1 with one line naming the first's
+    control socket and pid, and leaves the first serving; the claim dies with its holder
+    (SIGKILL too), so the next director starts; a clean stop leaves no lock file behind."""
+    import os
+
+    from lvsuser.director import instance
+
+    cl, dr, rs = build_nat(topo)
+    for n, ns in enumerate(rs):
+        start_realserver(topo, ns, f"rs{n + 1}", "0.0.0.0")
+    first = Director(topo, dr, str(tmp_path / "first.sock"))
+    first.start()
+    lock_file = instance.lock_path(topo.call_in(dr, instance.namespace_id))
+    try:
+        first.ipvsadm("-A", "-t", f"{VIP_NAT}:80", "-s", "rr")
+        first.ipvsadm("-a", "-t", f"{VIP_NAT}:80", "-r", "198.18.1.11:80", "-m")
+        second_sock = str(tmp_path / "second.sock")
+        second = topo.run(dr, LVSUSER + ["run", "--control", second_sock], timeout=30)
+        assert second.returncode == 1, second
+        assert second.stderr.splitlines() == [
+            f"lvsuser: another lvsuser director serves this network namespace (control socket "
+            f"{first.sock}, pid {first.proc.pid})"], second.stderr
+        assert not os.path.exists(second_sock)
+        assert _curl(topo, cl, f"http://{VIP_NAT}/") == "rs1"  # the first one was not disturbed
+        # a director in another namespace is no competitor
+        other_ns = topo.add_ns("dr2")
+        elsewhere = Director(topo, other_ns, str(tmp_path / "elsewhere.sock"))
+        elsewhere.start()
+        assert elsewhere.stop() == 0, elsewhere.log()
+    finally:
+        assert first.stop() == 0, first.log()
+    assert not os.path.exists(lock_file)
+
+    # the namespace is free again: a new director starts; killed, it leaves the claim behind
+    # as a file only, and the one after it starts too
+    third = Director(topo, dr, str(tmp_path / "third.sock"))
+    third.start()
+    third.proc.kill()
+    third.proc.wait(timeout=5)
+    fourth = Director(topo, dr, str(tmp_path / "fourth.sock"))
+    fourth.start()
+    try:
+        fourth.ipvsadm("-A", "-t", f"{VIP_NAT}:80", "-s", "rr")
+        fourth.ipvsadm("-a", "-t", f"{VIP_NAT}:80", "-r", "198.18.1.12:80", "-m")
+        assert _curl(topo, cl, f"http://{VIP_NAT}/") == "rs2"
+        with open(lock_file) as f:
+            assert instance.parse_holder(f.read()) == (fourth.sock, fourth.proc.pid)
+    finally:
+        assert fourth.stop() == 0, fourth.log()
+    assert not os.path.exists(lock_file)
+
+
+# --------------------------------------------------------------------------- loopback alone at start
+
+def test_director_started_with_loopback_alone_serves_interfaces_as_they_appear(topo, tmp_path,
+                                                                               tools_ready):
+    """As at boot: the namespace has only lo when the director starts.  It starts, says it
+    serves no interface yet, takes a NAT service, and once the links to the client and the
+    real servers appear (created and brought up after the start) it serves them: traffic flows."""
+    dr = topo.add_ns("dr")
+    director = Director(topo, dr, str(tmp_path / "control.sock"))
+    director.start()
+    try:
+        assert "serving no interface yet" in director.log(), director.log()
+        director.ipvsadm("-A", "-t", f"{VIP_NAT}:80", "-s", "rr")
+        director.ipvsadm("-a", "-t", f"{VIP_NAT}:80", "-r", "198.18.1.11:80", "-m")
+        # the network comes up
+        cl, rs1 = topo.add_ns("cl"), topo.add_ns("rsa")
+        topo.veth(cl, "eth0", dr, "eth0")
+        topo.veth(dr, "eth1", rs1, "eth0")
+        topo.addr(cl, "eth0", "198.18.0.2/24")
+        topo.addr(dr, "eth0", "198.18.0.1/24")
+        topo.addr(dr, "eth0", f"{VIP_NAT}/32")
+        topo.addr(dr, "eth1", "198.18.1.1/24")
+        topo.addr(rs1, "eth0", "198.18.1.11/24")
+        topo.route(cl, "default", "198.18.0.1")
+        topo.sysctl(dr, "net.ipv4.ip_forward", 1)
+        topo.realserver(rs1, "nat", "--director", "198.18.1.1")
+        start_realserver(topo, rs1, "rs1", "0.0.0.0")
+
+        assert wait_for(lambda: _curl(topo, cl, f"http://{VIP_NAT}/", 2) == "rs1", timeout=15,
+                        step=0.3), director.log()
+        served = [line for line in director.log().splitlines() if "serving interfaces" in line]
+        assert served and "eth0" in served[-1] and "eth1" in served[-1], director.log()
+        ruleset = topo.run(dr, ["nft", "list", "ruleset"]).stdout
+        assert 'device "eth0"' in ruleset and 'device "eth1"' in ruleset, ruleset
+    finally:
+        assert director.stop() == 0, director.log()
+
+
+# --------------------------------------------------------------------------- across a restart gap
+
+def test_guard_table_outlives_a_killed_director_and_is_adopted(topo, tmp_path, tools_ready):
+    """The guard is named after the director's control socket: killed, the director leaves it
+    and the kernel stays quiet for the VIP (the client's SYN is not answered with a RST); the
+    same director started again adopts it (one table), and sweeps only what nobody will come
+    back for: a table whose director's state directory still exists is kept."""
+    import os
+    import shutil
+
+    from lvsuser import statedir
+
+    cl, dr, rs = build_nat(topo)
+    start_realserver(topo, rs[0], "rs1", "0.0.0.0")
+    sock = str(tmp_path / "control.sock")
+    table = "lvsuser_" + statedir.state_tag(sock)
+    waiting = str(tmp_path / "waiting.sock")  # a director between two runs, state kept
+    waiting_table, waiting_state = "lvsuser_" + statedir.state_tag(waiting), statedir.state_dir(waiting)
+    gone_table = "lvsuser_gone_" + statedir.state_tag(str(tmp_path / "gone.sock")).split("_")[-1]
+    os.makedirs(waiting_state)
+    try:
+        for name in (waiting_table, gone_table):
+            topo.run(dr, ["nft", "add", "table", "netdev", name], check=True)
+
+        def configure(director):
+            director.ipvsadm("-A", "-t", f"{VIP_NAT}:80", "-s", "rr")
+            director.ipvsadm("-a", "-t", f"{VIP_NAT}:80", "-r", "198.18.1.11:80", "-m")
+
+        first = Director(topo, dr, sock)
+        first.start()
+        configure(first)
+        assert _curl(topo, cl, f"http://{VIP_NAT}/") == "rs1"
+        assert sorted(_guard_tables(topo, dr)) == sorted([table, waiting_table])
+        first.proc.kill()
+        first.proc.wait(timeout=5)
+
+        assert table in _guard_tables(topo, dr)
+        gap = topo.run(cl, ["curl", "-s", "-m", "2", f"http://{VIP_NAT}/"], timeout=10)
+        assert gap.returncode == 28, gap  # unanswered; without the guard: RST, refused (7)
+
+        second = Director(topo, dr, sock)
+        second.start()
+        try:
+            assert sorted(_guard_tables(topo, dr)) == sorted([table, waiting_table])
+            configure(second)
+            assert _curl(topo, cl, f"http://{VIP_NAT}/") == "rs1"
+        finally:
+            assert second.stop() == 0, second.log()
+        assert _guard_tables(topo, dr) == [waiting_table]
+    finally:
+        shutil.rmtree(waiting_state, ignore_errors=True)
+        topo.run(dr, ["nft", "delete", "table", "netdev", waiting_table])
+
+
+def test_backend_closed_keeping_state_leaves_the_guard(topo, tmp_path, tools_ready):
+    """UserspaceBackend.close(keep_state=True) leaves the guard table for the next director;
+    close() removes it."""
+    from lvsuser.backends.userspace import UserspaceBackend
+
+    dr, peer = topo.add_ns("dr"), topo.add_ns("pe")
+    topo.veth(dr, "eth0", peer, "eth0")
+    topo.addr(dr, "eth0", "198.18.3.1/24")
+    sock = str(tmp_path / "control.sock")
+    backend = topo.call_in(dr, UserspaceBackend, control_path=sock)
+    try:
+        (table,) = _guard_tables(topo, dr)
+    finally:
+        topo.call_in(dr, backend.close, keep_state=True)
+    assert _guard_tables(topo, dr) == [table]
+    again = topo.call_in(dr, UserspaceBackend, control_path=sock)
+    try:
+        assert _guard_tables(topo, dr) == [table]
+    finally:
+        topo.call_in(dr, again.close)
+    assert _guard_tables(topo, dr) == []

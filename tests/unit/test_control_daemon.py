@@ -76,7 +76,7 @@ def test_bad_rules_file_stops_the_start(tmp_path):
 
 
 def test_unavailable_backend_is_one_line_and_exit_1(monkeypatch, capsys, tmp_path):
-    def unavailable(kind, io, interfaces, max_conns):
+    def unavailable(kind, io, interfaces, max_conns, control_path=None):
         raise BackendUnavailable("the userspace backend needs root (raw sockets).")
 
     monkeypatch.setattr(daemon, "make_backend", unavailable)

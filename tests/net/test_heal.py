@@ -32,6 +32,27 @@ for attempt in range(3):
         continue
 """
 
+# A UDP datagram to a port nobody listens on: the ICMP port-unreachable error (addressed to the
+# sender) makes the next recv fail with ECONNREFUSED; prints "refused" or "silent".
+UDP_REFUSED = r"""
+import socket, sys
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(family, socket.SOCK_DGRAM)
+s.settimeout(1)
+s.connect((sys.argv[1], int(sys.argv[2])))
+result = "silent"
+for attempt in range(3):
+    try:
+        s.send(b"anyone?")
+        s.recv(2048)
+    except ConnectionRefusedError:
+        result = "refused"
+        break
+    except socket.timeout:
+        continue
+print(result)
+"""
+
 
 @pytest.fixture(scope="module")
 def tools_ready():
@@ -49,6 +70,10 @@ def _curl(topo, ns, url, seconds=3):
 
 def _udp(topo, ns, addr, port):
     return topo.run(ns, [sys.executable, "-c", UDP_ASK, addr, str(port)], timeout=15).stdout.strip()
+
+
+def _udp_refused(topo, ns, addr, port):
+    return topo.run(ns, [sys.executable, "-c", UDP_REFUSED, addr, str(port)], timeout=15).stdout.strip()
 
 
 # --------------------------------------------------------------------------- the director's own traffic
@@ -77,6 +102,8 @@ def test_director_reaches_nat_real_servers_while_serving_clients(topo, tmp_path,
             assert [_curl(topo, dr, f"http://{rip}/") for rip in rips] == ["rs1", "rs2"]
             assert _udp(topo, dr, rips[0], 5353) == "rs1 hello"
             assert sorted(curl_names(topo, cl, f"http://{VIP_NAT}/", 2)) == ["rs1", "rs2"]
+        # an ICMP error from a NAT real server about the director's own datagram reaches it
+        assert _udp_refused(topo, dr, rips[1], 5399) == "refused"
         assert _udp(topo, cl, VIP_NAT, 5353) in ("rs1 hello", "rs2 hello")
         check_director_kernel_silent(kernel_cap.packets(), VIP_NAT, set(rips),
                                      routes_our_output=(io == "tun"))
@@ -111,6 +138,7 @@ def test_director_reaches_nat_real_servers_ipv6(topo, tmp_path, tools_ready):
             assert [_curl(topo, dr, f"http://[{rip}]/") for rip in rips] == ["rs1", "rs2"]
             assert _udp(topo, dr, rips[1], 5353) == "rs2 hello"
             assert sorted(curl_names(topo, cl, f"http://[{VIP6}]/", 2)) == ["rs1", "rs2"]
+        assert _udp_refused(topo, dr, rips[0], 5399) == "refused"
         ip6 = scapy_all.IPv6
         # neighbour discovery for the local VIP is the kernel's job, like ARP; nothing else is
         leaked = [p for p in kernel_cap.packets() if p.haslayer(ip6)
@@ -367,6 +395,11 @@ def test_backend_closed_keeping_state_leaves_the_guard(topo, tmp_path, tools_rea
     backend = topo.call_in(dr, UserspaceBackend, control_path=sock)
     try:
         (table,) = _guard_tables(topo, dr)
+        # cheap while nothing happens: no nft run per second (the first check answers the
+        # events of our own install; the backstop is 5 s away)
+        checks = backend._guard_watch.checks
+        time.sleep(2)
+        assert backend._guard_watch.checks - checks <= 1, backend._guard_watch.checks
     finally:
         topo.call_in(dr, backend.close, keep_state=True)
     assert _guard_tables(topo, dr) == [table]

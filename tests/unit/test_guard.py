@@ -116,3 +116,27 @@ def test_parse_holder_tolerates_garbage():
     assert instance.parse_holder("[1]") == (None, None)
     assert instance.parse_holder(json.dumps({"control": 5, "pid": "x"})) == (None, None)
     assert str(instance.NamespaceTaken(None, None)).endswith("(control socket unknown, pid unknown)")
+
+
+def test_tun_policy_rules_deliver_replies_to_the_director_before_steering_nat_replies():
+    """--io tun: VIP rules first, then a plain `lookup local` per family, then the NAT-reply
+    rules, so an answer addressed to the director is delivered, not steered into the device."""
+    import socket
+
+    from lvsuser.director.tunroutes import RT_TABLE_LOCAL, TunRoutes
+
+    svc4 = _service("198.18.0.10", 80, [("198.18.1.11", 80, model.Forward.MASQ),
+                                        ("198.18.1.12", 80, model.Forward.TUNNEL)])
+    svc6 = _service("2001:db8::10", 80, [("2001:db8:1::11", 80, model.Forward.MASQ)])
+    rules = TunRoutes(None, 7, "lvs7", 20007)._wanted([svc4, svc6], [])
+    kinds = ["local" if r.get("table") == RT_TABLE_LOCAL else "reply" if "src" in r else "vip"
+             for r in rules]
+    assert kinds == ["vip", "vip", "local", "local", "reply", "reply"], rules
+    assert [r["family"] for r in rules if r.get("table") == RT_TABLE_LOCAL] == \
+        sorted([socket.AF_INET, socket.AF_INET6])
+    assert {r["src"] for r in rules if "src" in r} == {"198.18.1.11", "2001:db8:1::11"}
+    # no NAT real server, no reply rules and no extra lookups
+    dr_only = _service("198.18.0.10", 80, [("198.18.1.11", 80, model.Forward.ROUTE)])
+    assert TunRoutes(None, 7, "lvs7", 20007)._wanted([dr_only], []) == [
+        dict(family=socket.AF_INET, dst="198.18.0.10", dst_len=32, ip_proto=model.IPPROTO_TCP,
+             dport_range="80:80")]

@@ -215,8 +215,8 @@ class Guard:
                 return found
             self._listing = self.listing()
             self.restores += 1
-        log.warning("nft table netdev %s was %s (by `nft flush ruleset` or another program); "
-                    "restored it", self.table, found)
+        log.warning("nft table netdev %s was %s by another program (`nft flush ruleset`, a "
+                    "firewall reload?); restored it", self.table, found)
         return found
 
     def remove(self) -> None:

@@ -82,6 +82,9 @@ class TunRoutes:
         self._sysctl("net/ipv6/conf/all/forwarding", "1")
         self._sysctl(f"net/ipv4/conf/{self.tun_name}/rp_filter", "0")
         self._sysctl(f"net/ipv4/conf/{self.tun_name}/accept_local", "1")
+        self._default_routes()
+
+    def _default_routes(self) -> None:
         for family in (socket.AF_INET, socket.AF_INET6):
             self.ipr.route("replace", family=family, table=self.table, oif=self.tun_ifindex,
                            dst="default" if family == socket.AF_INET else "::/0")
@@ -157,8 +160,13 @@ class TunRoutes:
         """Make the kernel answer ARP/ND for non-local VIPs; interfaces: ifindex -> name."""
         wanted_v4 = {vip for vip in vips if ":" not in vip}
         wanted_v6 = {(idx, vip) for vip in vips if ":" in vip for idx in interfaces}
-        for vip in self._tun_addrs - wanted_v4:
+        removed = self._tun_addrs - wanted_v4
+        for vip in removed:
             self._tun_addr("del", vip)
+        if removed:
+            # the kernel drops every IPv4 route through a device that loses its last IPv4
+            # address (fib_disable_ip), our table's default route too: put it back
+            self._default_routes()
         for vip in wanted_v4 - self._tun_addrs:
             self._tun_addr("add", vip)
         self._tun_addrs = wanted_v4

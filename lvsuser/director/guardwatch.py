@@ -7,11 +7,15 @@ Anything on the host may rewrite nftables: `nft flush ruleset`, a firewall reloa
 local VIP) and forwards NAT replies un-rewritten, and nothing says why.
 
 The kernel announces every nftables change on the netlink multicast group NFNLGRP_NFTABLES
-(what `nft monitor` listens to).  We subscribe to it from a daemon thread; a message means only
-"something changed", so after a short quiet period (a firewall reload is a burst of messages) we
-ask the guard whether its table still lists as it did when installed (one `nft list table`), and
-if not it restores the table in one transaction and logs one WARNING line.  Our own ``apply``
-causes messages too; the comparison then finds the new listing and does nothing.
+(what `nft monitor` listens to).  We subscribe to it from a daemon thread.  Each notification
+names the table of the object it is about (attribute 1 of every nf_tables message: table, chain,
+rule, set and element alike; `nft flush ruleset` sends one per deleted table), so messages about
+other tables -- another program's firewall at work -- cost a glance and no process.  After a
+message about ours and a short quiet period (a reload is a burst) we ask the guard whether its
+table still lists as it did when installed (one `nft list table`), and if not it restores the
+table in one transaction and logs one WARNING line.  Our own ``apply`` causes messages too; the
+comparison then finds the new listing and does nothing.  A message we cannot read, or lost
+messages (ENOBUFS), count as "maybe ours".
 
 Nothing is spawned while nftables is quiet except the backstop: a verification every
 ``backstop`` seconds, covering lost messages (the socket may overflow) and a kernel that refuses
@@ -22,6 +26,7 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import struct
 import threading
 import time
 
@@ -31,6 +36,36 @@ NETLINK_NETFILTER = 12
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
 NFNLGRP_NFTABLES = 7
+NFNL_SUBSYS_NFTABLES = 10
+NFTA_TABLE_NAME = 1  # also NFTA_CHAIN_TABLE, NFTA_RULE_TABLE, NFTA_SET_TABLE, ...
+NLA_TYPE_MASK = 0x3FFF
+_NLMSGHDR = struct.Struct("=IHHII")
+_NLATTR = struct.Struct("=HH")
+_NFGENMSG_LEN = 4
+
+
+def mentions_table(buf: bytes, table: str) -> bool:
+    """Whether a batch of nf_tables notifications may concern `table` (unreadable: yes)."""
+    name = table.encode()
+    off = 0
+    while off + _NLMSGHDR.size <= len(buf):
+        length, msg_type, _flags, _seq, _pid = _NLMSGHDR.unpack_from(buf, off)
+        if length < _NLMSGHDR.size or off + length > len(buf):
+            return True
+        if msg_type >> 8 == NFNL_SUBSYS_NFTABLES:
+            attr = off + _NLMSGHDR.size + _NFGENMSG_LEN
+            end = off + length
+            while attr + _NLATTR.size <= end:
+                attr_len, attr_type = _NLATTR.unpack_from(buf, attr)
+                if attr_len < _NLATTR.size or attr + attr_len > end:
+                    return True
+                if attr_type & NLA_TYPE_MASK == NFTA_TABLE_NAME:
+                    if buf[attr + _NLATTR.size:attr + attr_len].rstrip(b"\0") == name:
+                        return True
+                    break
+                attr += (attr_len + 3) & ~3
+        off += (length + 3) & ~3
+    return False
 
 
 def open_nftables_events() -> socket.socket:
@@ -79,12 +114,18 @@ class GuardWatch:
             if sock is not None:
                 sock.close()
 
-    def _drain(self) -> None:
+    def _drain(self) -> bool:
+        """Read every waiting message; whether any may concern the guard's table."""
+        relevant = False
         while True:
             try:
-                self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
-            except OSError:  # EAGAIN: drained; ENOBUFS: events lost, the check below covers them
-                return
+                buf = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return relevant
+            except OSError:  # ENOBUFS: messages lost, ours maybe among them
+                return True
+            if not relevant and mentions_table(buf, self.guard.table):
+                relevant = True
 
     def _loop(self) -> None:
         watched = [self._stop_r] + ([self.sock] if self.sock is not None else [])
@@ -95,9 +136,10 @@ class GuardWatch:
             if self._stop_r in ready:
                 return
             if self.sock is not None and self.sock in ready:
+                if not self._drain():
+                    continue  # another program's tables
                 # let the burst end (bounded: a steady stream still gets checked)
                 deadline = time.monotonic() + 10 * self.debounce
-                self._drain()
                 while time.monotonic() < deadline:
                     more, _, _ = select.select([self.sock, self._stop_r], [], [], self.debounce)
                     if self._stop_r in more:

@@ -403,9 +403,21 @@ def test_backend_closed_keeping_state_leaves_the_guard(topo, tmp_path, tools_rea
         (table,) = _guard_tables(topo, dr)
         # cheap while nothing happens: no nft run per second (the first check answers the
         # events of our own install; the backstop is 5 s away)
-        checks = backend._guard_watch.checks
+        watch = backend._guard_watch
+        checks = watch.checks
         time.sleep(2)
-        assert backend._guard_watch.checks - checks <= 1, backend._guard_watch.checks
+        assert watch.checks - checks <= 1, watch.checks
+        # another program's tables cost no check; ours does, and is put back
+        checks = watch.checks
+        for argv in (["add", "table", "inet", "other"],
+                     ["add", "chain", "inet", "other", "c", "{ type filter hook input priority 0; }"],
+                     ["delete", "table", "inet", "other"]):
+            topo.run(dr, ["nft", *argv], check=True)
+        time.sleep(1)
+        assert watch.checks == checks, (watch.checks, checks)
+        topo.run(dr, ["nft", "delete", "table", "netdev", table], check=True)
+        assert wait_for(lambda: _guard_tables(topo, dr) == [table], timeout=3)
+        assert watch.checks > checks and backend._guard.restores == 1
     finally:
         topo.call_in(dr, backend.close, keep_state=True)
     assert _guard_tables(topo, dr) == [table]

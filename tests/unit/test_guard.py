@@ -140,3 +140,29 @@ def test_tun_policy_rules_deliver_replies_to_the_director_before_steering_nat_re
     assert TunRoutes(None, 7, "lvs7", 20007)._wanted([dr_only], []) == [
         dict(family=socket.AF_INET, dst="198.18.0.10", dst_len=32, ip_proto=model.IPPROTO_TCP,
              dport_range="80:80")]
+
+
+def _nft_message(msg, family, attrs):
+    """One nf_tables netlink notification: nlmsghdr, nfgenmsg, attributes (type, bytes)."""
+    import struct
+
+    body = b"".join(struct.pack("=HH", 4 + len(v), t) + v + b"\0" * (-len(v) % 4) for t, v in attrs)
+    payload = struct.pack("=BBH", family, 0, 0) + body
+    return struct.pack("=IHHII", 16 + len(payload), (10 << 8) | msg, 0, 0, 0) + payload
+
+
+def test_watch_reads_which_table_a_notification_is_about():
+    from lvsuser.director.guardwatch import mentions_table
+
+    ours, theirs = b"lvsuser_a_0123456789ab\0", b"firewalld\0"
+    deltable = _nft_message(2, 5, [(1, ours)])                  # NFT_MSG_DELTABLE
+    newrule = _nft_message(6, 5, [(1, ours), (2, b"in0\0")])     # NFT_MSG_NEWRULE
+    other_rule = _nft_message(6, 1, [(1, theirs), (2, b"input\0")])
+    newgen = _nft_message(15, 0, [(1, b"\0\0\0\7")])  # NFT_MSG_NEWGEN: attribute 1 is its id
+    assert mentions_table(deltable, "lvsuser_a_0123456789ab")
+    assert mentions_table(other_rule + newrule + newgen, "lvsuser_a_0123456789ab")
+    assert not mentions_table(other_rule + newgen, "lvsuser_a_0123456789ab")
+    assert not mentions_table(deltable, "lvsuser_a_0123456789")  # a prefix is another table
+    # what cannot be read may be ours
+    assert mentions_table(deltable[:-3], "lvsuser_b")
+    assert not mentions_table(b"", "lvsuser_b")

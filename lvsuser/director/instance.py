@@ -15,7 +15,10 @@ director takes the file over.
 
 The file is removed on a clean release.  Removing a lock file races with a newcomer that opened
 it just before, so a claimant checks after ``flock`` that the path still names the inode it
-locked, and starts over if not.
+locked, and starts over if not.  A director killed with SIGKILL leaves its file behind, unlocked;
+each new claimant removes such files (of any namespace) the same way: lock, unlink, close.  A
+claimant that meets a lock whose recorded holder is no longer running is meeting such a sweep in
+progress, and tries again shortly.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import errno
 import fcntl
 import json
 import os
+import time
 from typing import Optional
 
 LOCK_DIR = "/run/lvsuser/netns"
@@ -97,6 +101,9 @@ def claim_namespace(control_path: str, lock_dir: str = LOCK_DIR,
                 raise
             with os.fdopen(fd, "r") as f:
                 control, pid = parse_holder(f.read(4096))
+            if pid is not None and not os.path.exists(f"/proc/{pid}") and _attempt < 50:
+                time.sleep(0.02)  # a sweep holds the dead holder's file for a moment
+                continue
             raise NamespaceTaken(control, pid) from None
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
@@ -108,5 +115,33 @@ def claim_namespace(control_path: str, lock_dir: str = LOCK_DIR,
         record = json.dumps({"control": os.path.abspath(control_path), "pid": os.getpid()}) + "\n"
         os.ftruncate(fd, 0)
         os.pwrite(fd, record.encode(), 0)
+        sweep_dead_claims(lock_dir, keep=path)
         return NamespaceClaim(path, fd)
     raise OSError(errno.EAGAIN, f"could not claim {path}: it keeps changing")
+
+
+def sweep_dead_claims(lock_dir: str = LOCK_DIR, keep: str = "") -> list[str]:
+    """Remove lock files nobody holds (left by directors killed with SIGKILL)."""
+    removed = []
+    try:
+        names = os.listdir(lock_dir)
+    except OSError:
+        return removed
+    for name in names:
+        path = os.path.join(lock_dir, name)
+        if not name.endswith(".lock") or path == keep:
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                os.unlink(path)
+                removed.append(path)
+        except OSError:  # held by a live director, or gone meanwhile
+            pass
+        finally:
+            os.close(fd)
+    return removed

@@ -166,3 +166,24 @@ def test_watch_reads_which_table_a_notification_is_about():
     # what cannot be read may be ours
     assert mentions_table(deltable[:-3], "lvsuser_b")
     assert not mentions_table(b"", "lvsuser_b")
+
+
+def test_claims_left_by_killed_directors_are_swept(tmp_path):
+    """A lock file nobody holds (its director was killed) goes at the next claim; a held one
+    and the claimant's own stay."""
+    import fcntl
+
+    dead = tmp_path / "1_1.lock"
+    dead.write_text(json.dumps({"control": "/x.sock", "pid": 2 ** 22 + 1}) + "\n")
+    held = tmp_path / "1_2.lock"
+    held.write_text("{}\n")
+    holder = os.open(held, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        claim = instance.claim_namespace(str(tmp_path / "c.sock"), lock_dir=str(tmp_path))
+        try:
+            assert not dead.exists() and held.exists() and os.path.exists(claim.path)
+        finally:
+            claim.release()
+    finally:
+        os.close(holder)

@@ -10,8 +10,8 @@ the driver's loop:
 
     cdef int lvs_core_batch(lvs_core *core, lvs_frame *frames, int count, double now) noexcept nogil
 
-`core` is `(<Core>obj).c`; `lvs_frame` has the layout of io.pxi's lvs_io_frame (data, len,
-headroom, tailroom, ifindex, out_ifindex, verdict), so drivers pass `<lvs_frame *>frames`.
+`core` is `(<Core>obj).c`; the drivers' frames are the core's own `lvs_frame` (data, len,
+headroom, tailroom, ifindex, out_ifindex, verdict), passed as they are.
 Frames are rewritten in place; encapsulation moves `data` back into the headroom; replies the
 core builds itself (ICMP errors, ARP/ND) are rebased at the start of the slot.  Verdicts:
 LVS_PASS 0, LVS_DROP 1, LVS_TX 2 (send on out_ifindex), LVS_REPLY 3 (send on out_ifindex,

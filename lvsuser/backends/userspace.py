@@ -11,11 +11,15 @@ kernel's.  A publish is skipped when nothing the core sees has changed.
 
 Driver threads run the I/O loop (``AfPacketDriver`` or ``TunDriver`` from ``lvsuser._fastpath``),
 which holds the GIL only around the Python parts of a batch.  With ``io='afpacket'`` an nftables
-guard keeps the director's kernel out of VIP traffic (director/guard.py); with ``io='tun'``
+guard keeps the director's kernel out of VIP traffic (director/guard.py), watched and put back
+when something removes or changes it (director/guardwatch.py); with ``io='tun'``
 policy routes steer that traffic into the TUN device instead (director/tunroutes.py).
 
 ``close()`` stops the threads and removes everything this backend added: nft table, rules,
-routes, sysctls, the TUN device.  It is idempotent and also runs from ``atexit``.
+routes, sysctls, the TUN device -- except, with ``keep_state=True``, the guard table, which
+keeps the kernel quiet until the restarted director adopts it.  It is idempotent and also runs
+from ``atexit``.  Given its control socket, the backend also claims the network namespace (one
+director per namespace, director/instance.py) and releases it last in ``close()``.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import atexit
 import contextlib
 import copy
 import errno
+import inspect
 import logging
 import os
 import shutil
@@ -34,7 +39,9 @@ from lvsuser import model, statedir
 from lvsuser.backends.base import CONNECTIONS_PAGE, BackendUnavailable
 from lvsuser.backends.table import TableBackend
 from lvsuser.director import guard as guard_mod
+from lvsuser.director import instance
 from lvsuser.director.forwarding import Resolver, mac_bytes
+from lvsuser.director.guardwatch import GuardWatch
 from lvsuser.director.monitor import Monitor
 from lvsuser.fastpath import config as cfg
 
@@ -137,10 +144,13 @@ class UserspaceBackend(TableBackend):
                  core=None, tun_name: Optional[str] = None,
                  max_conns: int = DEFAULT_MAX_CONNS,
                  initial: Optional[list[tuple[str, dict]]] = None,
-                 state_dir: Optional[str] = None):
+                 state_dir: Optional[str] = None, control_path: Optional[str] = None):
         """``initial``: the batch that fills the table before the first publish (saved rules
         or a rules file), so an adopted datapath never sees an empty table; ``state_dir``:
-        where the core keeps what outlives the process (statedir.py)."""
+        where the core keeps what outlives the process (statedir.py).  ``control_path``: the
+        director's control socket.  Given it, the backend claims the network namespace (one
+        director per namespace, director/instance.py) and names its guard table after the
+        director's state tag, so a restarted director adopts it."""
         if io not in (IO_AFPACKET, IO_TUN):
             raise BackendUnavailable(f"unknown I/O driver {io!r}: use 'afpacket' or 'tun'.")
         if os.geteuid() != 0:
@@ -170,15 +180,26 @@ class UserspaceBackend(TableBackend):
         self._tunroutes = None
         self._tun = None
         self._monitor: Optional[Monitor] = None
+        self._guard_watch: Optional[GuardWatch] = None
+        self.control_path = control_path
+        self._claim: Optional[instance.NamespaceClaim] = None
+        if control_path is not None:
+            try:
+                self._claim = instance.claim_namespace(control_path)
+            except instance.NamespaceTaken as exc:
+                raise BackendUnavailable(str(exc)) from exc
+            except OSError as exc:
+                raise BackendUnavailable(f"cannot claim this network namespace: {exc}.") from exc
         self.resolver = Resolver()
         try:
             links = self.resolver.links()
             self._interface_names = list(interfaces) if interfaces else None
             self.interfaces = self._pick_interfaces(links, interfaces)
             if io == IO_AFPACKET:
-                guard_mod.sweep_stale()
-                self._guard = guard_mod.Guard()
+                self._guard = guard_mod.Guard.for_director(control_path)
+                guard_mod.sweep_stale(own=self._guard.table)
                 self._start_afpacket(links)
+                self._log_served()
             else:
                 self._start_tun(tun_name)
             try:
@@ -186,6 +207,8 @@ class UserspaceBackend(TableBackend):
             except guard_mod.GuardError as exc:
                 raise BackendUnavailable(f"cannot install the nftables guard: {exc}.") from exc
             self._monitor = Monitor(self._republish_quietly).start()
+            if self._guard is not None:
+                self._guard_watch = GuardWatch(self._guard).start()
         except BaseException:
             self.close()
             raise
@@ -206,11 +229,10 @@ class UserspaceBackend(TableBackend):
                 idx, info = by_name[name]
                 chosen[idx] = info
             return chosen
-        chosen = {idx: info for idx, info in links.items()
-                  if info["ethernet"] and not info["loopback"] and not info["master"]}
-        if not chosen:
-            raise BackendUnavailable("this namespace has no interface to serve besides loopback.")
-        return chosen
+        # none at all is fine: at boot the network may not be up yet, and the netlink monitor
+        # reports each interface as it appears
+        return {idx: info for idx, info in links.items()
+                if info["ethernet"] and not info["loopback"] and not info["master"]}
 
     def _start_thread(self, driver, name: str) -> None:
         thread = threading.Thread(target=driver.run, name=name, daemon=True)
@@ -218,8 +240,18 @@ class UserspaceBackend(TableBackend):
         self._threads.append(thread)
         thread.start()
 
+    def _log_served(self) -> None:
+        names = ", ".join(info["name"] for _, info in sorted(self.interfaces.items()))
+        if names:
+            log.info("serving interfaces %s", names)
+        else:
+            log.info("serving no interface yet: each one is served as it appears")
+
     def _start_afpacket(self, links: dict) -> None:
         ports = [(idx, info["mtu"]) for idx, info in sorted(self.interfaces.items())]
+        if not ports:  # no rings to open until an interface appears
+            self._served_ports = ports
+            return
         try:
             driver = self._fastpath.AfPacketDriver(self.core, ports, self._core_lock,
                                                    os.environ.get(AFPACKET_TX_ENV, "ring"),
@@ -255,11 +287,10 @@ class UserspaceBackend(TableBackend):
         self.interfaces = wanted
         if ports == getattr(self, "_served_ports", None):
             return
-        log.info("serving interfaces %s", ", ".join(info["name"] for info in wanted.values()) or "none")
+        self._log_served()
         self._stop_drivers()
         self._served_ports = []
-        if ports:
-            self._start_afpacket(links)
+        self._start_afpacket(links)
 
     def _start_tun(self, tun_name: Optional[str]) -> None:
         from lvsuser.director.tunroutes import TunRoutes
@@ -503,12 +534,17 @@ class UserspaceBackend(TableBackend):
 
     # --- shutdown ---------------------------------------------------------------------------
     def close(self, keep_state: bool = False) -> None:
+        """Stop and remove what this backend added.  `keep_state`: the director will be back
+        (a restart that adopts its state), so the guard table stays and keeps the kernel out
+        of VIP traffic meanwhile; the next director with this control socket adopts it."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
         if self._monitor is not None:
             self._monitor.stop()
+        if self._guard_watch is not None:  # before the guard goes, or it would put it back
+            self._guard_watch.stop()
         # what the core and the drivers counted, kept for whoever reads the log (drops by
         # reason, batches): `lvsuser counters` asks a running director for the same
         stats = self.driver_stats()
@@ -518,11 +554,21 @@ class UserspaceBackend(TableBackend):
             if nonzero:
                 log.info("%s counters: %s", title, nonzero)
         if self._guard is not None:
-            self._guard.remove()
+            if keep_state:
+                self._guard.forget()
+                log.info("nft table netdev %s left in place for the next director", self._guard.table)
+            else:
+                self._guard.remove()
         if self._tunroutes is not None:
             with self._netlink():
                 self._tunroutes.close()
         self.resolver.close()
         parent = getattr(super(), "close", None)
         if parent is not None:
-            parent()
+            # Backend.close(keep_state) is the control engineer's; older bases take no argument
+            if "keep_state" in inspect.signature(parent).parameters:
+                parent(keep_state=keep_state)
+            else:
+                parent()
+        if self._claim is not None:  # last: the namespace is free once we have left it clean
+            self._claim.release()

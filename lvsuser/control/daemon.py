@@ -82,11 +82,13 @@ _positive_int.__name__ = "positive integer"  # argparse names the type in its er
 
 def make_backend(kind: str, io: str = "afpacket", interfaces: Optional[list[str]] = None,
                  max_conns: Optional[int] = None, initial: Optional[list] = None,
-                 state_dir: Optional[str] = None) -> Backend:
+                 state_dir: Optional[str] = None, control_path: Optional[str] = None) -> Backend:
     """The backend named on the command line; BackendUnavailable says why it cannot run.
 
     ``initial``: the batch filling the table before anything is published (not for ipvs,
-    whose table lives in the kernel); a refused one raises BatchFailed."""
+    whose table lives in the kernel); a refused one raises BatchFailed.  The userspace backend
+    given `control_path` claims the network namespace (one director per namespace) and names
+    its lasting state (the guard's nft table) after it."""
     if kind == "table":
         from lvsuser.backends.table import TableBackend
         return TableBackend(initial)
@@ -97,7 +99,7 @@ def make_backend(kind: str, io: str = "afpacket", interfaces: Optional[list[str]
             raise BackendUnavailable(f"the userspace backend cannot be loaded ({exc}).") from exc
         extra = {} if max_conns is None else {"max_conns": max_conns}
         return UserspaceBackend(io=io, interfaces=interfaces, initial=initial,
-                                state_dir=state_dir, **extra)
+                                state_dir=state_dir, control_path=control_path, **extra)
     if kind == "ipvs":
         try:
             from lvsuser.backends.ipvs import IPVSBackend
@@ -319,7 +321,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         backend = make_backend(args.backend, io=args.io, interfaces=args.interface,
                                max_conns=args.max_conns, initial=initial or None,
-                               state_dir=state.directory if state else None)
+                               state_dir=state.directory if state else None,
+                               control_path=control)
     except BackendUnavailable as exc:
         print(f"lvsuser: {exc}", file=sys.stderr)
         return 1

@@ -14,6 +14,15 @@ is the VIP), so the main table forwards them.  That needs ``ip_forward`` and, be
 replies and IPIP packets carry one of the director's own addresses as source, ``accept_local`` on
 the device; ``rp_filter`` is switched off on it.  Previous values are restored on close.
 
+A NAT-reply rule matches the real server's address and port only, so it would also steer the
+answers to the director's *own* connections to that port (a health check, an operator's curl)
+into the device, where the core, finding no connection, drops them.  Those are addressed to one
+of the director's addresses, and the ``local`` table knows which: between the VIP rules and the
+NAT-reply rules sits a plain ``lookup local`` per family.  A lookup that finds no route falls
+through to the next rule, so a reply to a client goes on into the device, while one to the
+director is delivered.  (Normally the priority-0 ``local`` rule does this already; it matters
+when that rule was moved, below.)
+
 A VIP that is not one of the director's addresses must still be answered for on the wire.  For
 IPv6 a proxy neighbour entry per served interface does it (``ip neigh add proxy VIP dev IF`` with
 ``proxy_ndp``).  IPv4 proxy ARP refuses to answer for an address routed back out of the asking
@@ -73,6 +82,9 @@ class TunRoutes:
         self._sysctl("net/ipv6/conf/all/forwarding", "1")
         self._sysctl(f"net/ipv4/conf/{self.tun_name}/rp_filter", "0")
         self._sysctl(f"net/ipv4/conf/{self.tun_name}/accept_local", "1")
+        self._default_routes()
+
+    def _default_routes(self) -> None:
         for family in (socket.AF_INET, socket.AF_INET6):
             self.ipr.route("replace", family=family, table=self.table, oif=self.tun_ifindex,
                            dst="default" if family == socket.AF_INET else "::/0")
@@ -87,6 +99,14 @@ class TunRoutes:
             if key not in seen:
                 seen.add(key)
                 wanted.append(rule)
+
+        replies: list[dict] = []  # NAT-reply rules, placed after the VIP rules
+
+        def add_reply(**rule):
+            key = tuple(sorted(rule.items()))
+            if key not in seen:
+                seen.add(key)
+                replies.append(rule)
 
         marks: dict[int, list[model.MarkRule]] = {}
         for mrule in mark_rules:
@@ -118,15 +138,19 @@ class TunRoutes:
                                 ip_proto=proto)
                     if dest.port:
                         rule["sport_range"] = f"{dest.port}:{dest.port}"
-                    add(**rule)
-        return wanted
+                    add_reply(**rule)
+        # replies addressed to the director itself are delivered before the NAT-reply rules
+        for family in sorted({rule["family"] for rule in replies}):
+            wanted.append(dict(family=family, table=RT_TABLE_LOCAL))
+        return wanted + replies
 
     def apply(self, services, mark_rules, local_vip_families: set[int]) -> None:
         wanted = self._wanted(services, mark_rules)
         if wanted != [{k: v for k, v in r.items() if k != "priority"} for r in self._rules]:
             self._delete_rules()
             for n, rule in enumerate(wanted):
-                full = dict(rule, priority=RULE_PRIORITY + n, table=self.table, action=FR_ACT_TO_TBL)
+                full = dict(dict(table=self.table), **rule, priority=RULE_PRIORITY + n,
+                            action=FR_ACT_TO_TBL)
                 self.ipr.rule("add", **full)
                 self._rules.append(dict(rule, priority=RULE_PRIORITY + n))
         for family in local_vip_families:
@@ -136,8 +160,13 @@ class TunRoutes:
         """Make the kernel answer ARP/ND for non-local VIPs; interfaces: ifindex -> name."""
         wanted_v4 = {vip for vip in vips if ":" not in vip}
         wanted_v6 = {(idx, vip) for vip in vips if ":" in vip for idx in interfaces}
-        for vip in self._tun_addrs - wanted_v4:
+        removed = self._tun_addrs - wanted_v4
+        for vip in removed:
             self._tun_addr("del", vip)
+        if removed:
+            # the kernel drops every IPv4 route through a device that loses its last IPv4
+            # address (fib_disable_ip), our table's default route too: put it back
+            self._default_routes()
         for vip in wanted_v4 - self._tun_addrs:
             self._tun_addr("add", vip)
         self._tun_addrs = wanted_v4
@@ -164,7 +193,7 @@ class TunRoutes:
     def _delete_rules(self) -> None:
         for rule in self._rules:
             try:
-                self.ipr.rule("del", table=self.table, action=FR_ACT_TO_TBL, **rule)
+                self.ipr.rule("del", **dict(dict(table=self.table), **rule), action=FR_ACT_TO_TBL)
             except Exception as exc:
                 log.warning("could not delete rule %s: %s", rule, exc)
         self._rules = []

@@ -41,8 +41,8 @@ cdef enum:
     ICMP_REFILL_MS = 20             # the kernel refills at most every HZ/50
 
 
-# One frame between a driver and the core; the same layout as io.pxi's lvs_io_frame, so a
-# driver passes its frames as <lvs_frame *>.  The core may move `data` back into the headroom
+# One frame between a driver and the core; the I/O drivers (io.pxi) use this very struct for
+# the slots of their batches.  The core may move `data` back into the headroom
 # (encapsulation, replies) and change `len`; it sets `verdict` (LVS_PASS/DROP/TX/REPLY) and
 # `out_ifindex` (0: nothing to send).
 cdef struct lvs_frame:

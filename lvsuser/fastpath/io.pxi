@@ -19,6 +19,11 @@
 # The core therefore always receives complete, MTU-sized frames with correct checksums, which is
 # what the golden tables specify; csum_partial is never needed on this path.
 # Counters are plain C integers bumped by the loop and read by `stats()`; nothing logs per packet.
+#
+# The drivers and the core share one vocabulary: frames are the core's `lvs_frame` (core.pxi),
+# verdicts its LVS_* and protocol numbers parse.pxi's, and checksums and byte access are
+# csum.pxi's helpers.  Only what the core has no use for lives here (the arena, the segmentation
+# of super-frames, the counters).
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.string cimport memcpy, memset
@@ -64,10 +69,7 @@ cdef extern from "<time.h>" nogil:
 
 
 cdef extern from "<arpa/inet.h>" nogil:
-    uint16_t htons(uint16_t)
-    uint16_t ntohs(uint16_t)
-    uint32_t htonl(uint32_t)
-    uint32_t ntohl(uint32_t)
+    uint16_t htons(uint16_t)        # for socket(2)'s protocol argument
 
 
 cdef enum:
@@ -75,23 +77,12 @@ cdef enum:
     IO_HEADROOM = 128           # free bytes before each frame (IPIP/IPv6 encapsulation, VLAN)
     IO_MAX_IFS = 64             # interfaces one AF_PACKET driver serves
     ETH_HLEN_ = 14
-    ETHERTYPE_IPV4 = 0x0800
-    ETHERTYPE_IPV6 = 0x86DD
-    PROTO_TCP = 6
-    PROTO_UDP = 17
 
-
-# One frame between a driver and the core.  `data` points into the driver's slot; the core may
-# rewrite it in place, move `data` back into the headroom (encapsulation) and change `len`, and
-# sets out_ifindex (0: nothing to send) and verdict.
-cdef struct lvs_io_frame:
-    uint8_t *data
-    uint32_t len
-    uint32_t headroom           # bytes free before data
-    uint32_t tailroom           # bytes free after data + len
-    int32_t ifindex             # arrival interface (L2 mode), or the TUN device's
-    int32_t out_ifindex
-    int32_t verdict
+# A frame between a driver and the core is the core's lvs_frame (core.pxi): `data` points into
+# the driver's slot (with `headroom` bytes free before it and `tailroom` after it), `ifindex` is
+# the arrival interface (L2 mode) or the TUN device's; the core rewrites it in place, may move
+# `data` back into the headroom (encapsulation) and change `len`, and sets out_ifindex (0:
+# nothing to send) and verdict.
 
 
 # Per-driver counters, exported by stats().
@@ -131,44 +122,8 @@ cdef inline double io_now() noexcept nogil:
 
 
 # ---------------------------------------------------------------------------------- checksums
-# Internet checksum helpers (RFC 1071) for the driver's own needs: completing partial checksums
-# and re-checksumming segments.  The core keeps its own incremental (RFC 1624) updates.
-
-cdef inline uint32_t io_csum_add(uint32_t sum, const uint8_t *p, uint32_t n) noexcept nogil:
-    cdef uint32_t i = 0
-    while i + 1 < n:
-        sum += (<uint32_t>p[i] << 8) | p[i + 1]
-        i += 2
-    if i < n:
-        sum += <uint32_t>p[i] << 8
-    return sum
-
-
-cdef inline uint16_t io_csum_fold(uint32_t sum) noexcept nogil:
-    while sum >> 16:
-        sum = (sum & 0xFFFF) + (sum >> 16)
-    return <uint16_t>sum
-
-
-cdef inline void io_put16(uint8_t *p, uint16_t v) noexcept nogil:
-    p[0] = <uint8_t>(v >> 8)
-    p[1] = <uint8_t>(v & 0xFF)
-
-
-cdef inline uint16_t io_get16(const uint8_t *p) noexcept nogil:
-    return (<uint16_t>p[0] << 8) | p[1]
-
-
-cdef inline uint32_t io_get32(const uint8_t *p) noexcept nogil:
-    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
-
-
-cdef inline void io_put32(uint8_t *p, uint32_t v) noexcept nogil:
-    p[0] = <uint8_t>(v >> 24)
-    p[1] = <uint8_t>(v >> 16)
-    p[2] = <uint8_t>(v >> 8)
-    p[3] = <uint8_t>v
-
+# The driver's own checksum needs (completing partial checksums, re-checksumming segments) are
+# built from csum.pxi's RFC 1071 helpers, the ones the core uses.
 
 # Where the L3 header and the L4 protocol of an Ethernet frame are; 0 if not IPv4/IPv6 with a
 # plain TCP/UDP header (IPv6 extension headers are left to the core).
@@ -178,22 +133,22 @@ cdef int io_locate_l4(const uint8_t *frame, uint32_t len, uint32_t *l3_off, uint
     cdef uint32_t ihl
     if len < ETH_HLEN_ + 20:
         return 0
-    ethertype = io_get16(frame + 12)
-    if ethertype == ETHERTYPE_IPV4:
+    ethertype = lvs_get16(frame + 12)
+    if ethertype == ETHP_IP:
         if (frame[14] >> 4) != 4:
             return 0
         ihl = (frame[14] & 0x0F) * 4
         if ihl < 20 or len < ETH_HLEN_ + ihl:
             return 0
         # fragments carry no L4 header (after the first); leave them alone
-        if (io_get16(frame + 14 + 6) & 0x3FFF) != 0:
+        if (lvs_get16(frame + 14 + 6) & 0x3FFF) != 0:
             return 0
         l3_off[0] = ETH_HLEN_
         l4_off[0] = ETH_HLEN_ + ihl
         proto[0] = frame[14 + 9]
         is_v6[0] = 0
         return 1
-    if ethertype == ETHERTYPE_IPV6:
+    if ethertype == ETHP_IPV6:
         if len < ETH_HLEN_ + 40:
             return 0
         l3_off[0] = ETH_HLEN_
@@ -209,44 +164,36 @@ cdef int io_locate_l4(const uint8_t *frame, uint32_t len, uint32_t *l3_off, uint
 cdef int io_complete_csum(uint8_t *frame, uint32_t len) noexcept nogil:
     cdef uint32_t l3_off, l4_off, field
     cdef uint8_t proto, is_v6
-    cdef uint16_t result
+    cdef uint32_t result
     if not io_locate_l4(frame, len, &l3_off, &l4_off, &proto, &is_v6):
         return 0
-    if proto == PROTO_TCP:
+    if proto == PROTO_TCP_:
         field = l4_off + 16
-    elif proto == PROTO_UDP:
+    elif proto == PROTO_UDP_:
         field = l4_off + 6
     else:
         return 0
     if field + 2 > len:
         return 0
-    result = ~io_csum_fold(io_csum_add(0, frame + l4_off, len - l4_off)) & 0xFFFF
-    if proto == PROTO_UDP and result == 0:
+    result = (~lvs_csum_add(0, frame + l4_off, len - l4_off)) & 0xFFFF
+    if proto == PROTO_UDP_ and result == 0:
         result = 0xFFFF
-    io_put16(frame + field, result)
+    lvs_put16(frame + field, result)
     return 1
 
 
 # Full TCP checksum of a segment whose header and payload are in place.
 cdef void io_tcp_checksum(uint8_t *frame, uint32_t len, uint32_t l3_off, uint32_t l4_off,
                           uint8_t is_v6) noexcept nogil:
-    cdef uint32_t sum = 0
     cdef uint32_t l4_len = len - l4_off
-    io_put16(frame + l4_off + 16, 0)
+    cdef uint32_t total
+    lvs_put16(frame + l4_off + 16, 0)
     if is_v6:
-        sum = io_csum_add(sum, frame + l3_off + 8, 32)
+        total = lvs_pseudo_sum(1, frame + l3_off + 8, frame + l3_off + 24, PROTO_TCP_, l4_len)
     else:
-        sum = io_csum_add(sum, frame + l3_off + 12, 8)
-    sum += PROTO_TCP
-    sum += l4_len
-    sum = io_csum_add(sum, frame + l4_off, l4_len)
-    io_put16(frame + l4_off + 16, ~io_csum_fold(sum) & 0xFFFF)
-
-
-cdef void io_ipv4_header_checksum(uint8_t *ip) noexcept nogil:
-    cdef uint32_t ihl = (ip[0] & 0x0F) * 4
-    io_put16(ip + 10, 0)
-    io_put16(ip + 10, ~io_csum_fold(io_csum_add(0, ip, ihl)) & 0xFFFF)
+        total = lvs_pseudo_sum(0, frame + l3_off + 12, frame + l3_off + 16, PROTO_TCP_, l4_len)
+    total = lvs_csum_add(total, frame + l4_off, l4_len)
+    lvs_put16(frame + l4_off + 16, (~total) & 0xFFFF)
 
 
 # ------------------------------------------------------------------------------------- arena
@@ -255,7 +202,7 @@ cdef class _FrameArena:
     """IO_BATCH slots of equal size; a batch fills them from slot 0 up."""
     cdef uint8_t *mem
     cdef uint32_t slot_size
-    cdef lvs_io_frame frames[IO_BATCH]
+    cdef lvs_frame frames[IO_BATCH]
     cdef int count
 
     def __cinit__(self, uint32_t max_frame):
@@ -269,9 +216,9 @@ cdef class _FrameArena:
     def __dealloc__(self):
         free(self.mem)
 
-    cdef inline lvs_io_frame *take(self, int32_t ifindex) noexcept nogil:
+    cdef inline lvs_frame *take(self, int32_t ifindex) noexcept nogil:
         """The next free slot, empty, or NULL when the batch is full."""
-        cdef lvs_io_frame *f
+        cdef lvs_frame *f
         if self.count >= IO_BATCH:
             return NULL
         f = &self.frames[self.count]
@@ -285,7 +232,7 @@ cdef class _FrameArena:
         self.count += 1
         return f
 
-    cdef inline void commit_len(self, lvs_io_frame *f, uint32_t n) noexcept nogil:
+    cdef inline void commit_len(self, lvs_frame *f, uint32_t n) noexcept nogil:
         f.len = n
         f.tailroom = self.slot_size - IO_HEADROOM - n
 
@@ -295,7 +242,7 @@ cdef class _FrameArena:
 # batch has no room: flush and call again).
 cdef int io_ingest_ethernet(_FrameArena arena, const uint8_t *src, uint32_t len, int32_t ifindex,
                             uint32_t mtu, int csum_partial, lvs_io_counters *ctr) noexcept nogil:
-    cdef lvs_io_frame *f
+    cdef lvs_frame *f
     cdef uint32_t l3_off, l4_off, tcp_hlen, hdr_len, payload, mss, off, chunk, seq
     cdef uint32_t nseg, i
     cdef uint16_t ip_id
@@ -314,7 +261,7 @@ cdef int io_ingest_ethernet(_FrameArena arena, const uint8_t *src, uint32_t len,
             ctr.csum_completed += 1
         return 1
     # A super-frame: only TCP can be cut here (UDP GSO would need the sender's segment size).
-    if not io_locate_l4(src, len, &l3_off, &l4_off, &proto, &is_v6) or proto != PROTO_TCP \
+    if not io_locate_l4(src, len, &l3_off, &l4_off, &proto, &is_v6) or proto != PROTO_TCP_ \
             or l4_off + 20 > len:
         ctr.drop_gso_unsupported += 1
         return 0
@@ -331,8 +278,8 @@ cdef int io_ingest_ethernet(_FrameArena arena, const uint8_t *src, uint32_t len,
         return 0
     if <int>nseg > IO_BATCH - arena.count:
         return -1
-    seq = io_get32(src + l4_off + 4)
-    ip_id = 0 if is_v6 else io_get16(src + l3_off + 4)
+    seq = lvs_get32(src + l4_off + 4)
+    ip_id = 0 if is_v6 else lvs_get16(src + l3_off + 4)
     flags = src[l4_off + 13]
     off = 0
     for i in range(nseg):
@@ -345,12 +292,12 @@ cdef int io_ingest_ethernet(_FrameArena arena, const uint8_t *src, uint32_t len,
         memcpy(d + hdr_len, src + hdr_len + off, chunk)
         arena.commit_len(f, hdr_len + chunk)
         if is_v6:
-            io_put16(d + l3_off + 4, <uint16_t>(hdr_len - l4_off + chunk))
+            lvs_put16(d + l3_off + 4, <uint16_t>(hdr_len - l4_off + chunk))
         else:
-            io_put16(d + l3_off + 2, <uint16_t>(hdr_len - l3_off + chunk))
-            io_put16(d + l3_off + 4, <uint16_t>(ip_id + i))
-            io_ipv4_header_checksum(d + l3_off)
-        io_put32(d + l4_off + 4, seq + off)
+            lvs_put16(d + l3_off + 2, <uint16_t>(hdr_len - l3_off + chunk))
+            lvs_put16(d + l3_off + 4, <uint16_t>(ip_id + i))
+            lvs_ip4_set_checksum(d + l3_off)
+        lvs_put32(d + l4_off + 4, seq + off)
         # FIN and PSH belong to the last segment, CWR to the first (as tcp_gso_segment does)
         d[l4_off + 13] = flags
         if i + 1 < nseg:
@@ -369,7 +316,7 @@ cdef int io_ingest_ethernet(_FrameArena arena, const uint8_t *src, uint32_t len,
 # GIL; any other object with process(frame, ifindex, now) (the pure-Python reference core) is
 # called per frame with the GIL.
 
-ctypedef int (*lvs_io_batch_fn)(void *state, lvs_io_frame *frames, int n, double now) noexcept nogil
+ctypedef int (*lvs_io_batch_fn)(void *state, lvs_frame *frames, int n, double now) noexcept nogil
 
 # What a driver needs of a C core: its batch function and the state pointer to pass it.
 cdef struct lvs_io_core:
@@ -377,9 +324,8 @@ cdef struct lvs_io_core:
     void *state
 
 
-cdef int io_c_core_batch(void *state, lvs_io_frame *frames, int n, double now) noexcept nogil:
-    # lvs_frame (core.pxi) and lvs_io_frame have the same layout by contract
-    return lvs_core_batch(<lvs_core *>state, <lvs_frame *>frames, n, now)
+cdef int io_c_core_batch(void *state, lvs_frame *frames, int n, double now) noexcept nogil:
+    return lvs_core_batch(<lvs_core *>state, frames, n, now)
 
 
 cdef bint io_bind_core(object core, lvs_io_core *out):
@@ -393,12 +339,9 @@ cdef bint io_bind_core(object core, lvs_io_core *out):
     return False
 
 
-# The core's verdicts (pyfastpath.PASS/DROP/TX/REPLY; the C core uses the same numbers).
+# The core's verdicts are parse.pxi's LVS_PASS/DROP/TX/REPLY (pyfastpath.PASS/... have the same
+# numbers, so a Python core's verdicts read the same).
 cdef enum:
-    IO_VERDICT_PASS = 0
-    IO_VERDICT_DROP = 1
-    IO_VERDICT_TX = 2
-    IO_VERDICT_REPLY = 3
     IO_EXPIRE_INTERVAL_MS = 10      # the C core: small bounded expire() calls, often
     IO_EXPIRE_INTERVAL_PY_MS = 250  # the Python core: each of its calls walks its whole table
 
@@ -422,7 +365,7 @@ cdef bint io_core_tick(object core, double now) except -1:
 
 cdef int io_python_batch(object core, _FrameArena arena, double now) except -1:
     cdef int i
-    cdef lvs_io_frame *f
+    cdef lvs_frame *f
     cdef bytes out
     cdef uint32_t n
     for i in range(arena.count):
@@ -431,9 +374,9 @@ cdef int io_python_batch(object core, _FrameArena arena, double now) except -1:
         verdict, out_frame, out_ifindex = result
         f.verdict = int(verdict)
         f.out_ifindex = 0
-        if out_frame is None or f.verdict not in (IO_VERDICT_TX, IO_VERDICT_REPLY):
+        if out_frame is None or f.verdict not in (LVS_TX, LVS_REPLY):
             continue
-        if f.verdict == IO_VERDICT_REPLY and not out_ifindex:
+        if f.verdict == LVS_REPLY and not out_ifindex:
             out_ifindex = f.ifindex
         out = bytes(out_frame)
         n = <uint32_t>len(out)

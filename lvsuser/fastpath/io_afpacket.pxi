@@ -583,7 +583,7 @@ cdef class AfPacketDriver:
 
     cdef void _transmit(self) noexcept nogil:
         cdef int i
-        cdef lvs_io_frame *f
+        cdef lvs_frame *f
         cdef afp_port *p
         for i in range(self.arena.count):
             f = &self.arena.frames[i]

@@ -111,7 +111,7 @@ cdef class TunDriver:
 
     # Read up to one batch of packets; returns 1 if the device may hold more.
     cdef int _gather(self) noexcept nogil:
-        cdef lvs_io_frame *f
+        cdef lvs_frame *f
         cdef ssize_t got
         while True:
             f = self.arena.take(self.ifindex)
@@ -127,7 +127,7 @@ cdef class TunDriver:
 
     cdef void _transmit(self) noexcept nogil:
         cdef int i
-        cdef lvs_io_frame *f
+        cdef lvs_frame *f
         for i in range(self.arena.count):
             f = &self.arena.frames[i]
             if f.out_ifindex <= 0 or f.len == 0:

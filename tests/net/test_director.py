@@ -75,7 +75,8 @@ def test_guard_rules_for_services():
                           protocol=model.IPPROTO_UDP, dport_lo=1000, dport_hi=2000)
     rules = guard_mod.service_rules([svc, fw], [mark])
     assert "ip daddr 198.18.0.10 tcp dport 80 drop" in rules
-    assert "ip saddr 198.18.1.11 tcp sport 8080 drop" in rules  # NAT replies
+    # NAT replies, but not the answers to the director's own connections
+    assert "ip saddr 198.18.1.11 tcp sport 8080 fib daddr type != local drop" in rules
     assert not any("198.18.1.12" in r for r in rules)  # DR real servers answer clients directly
     assert "ip daddr 198.18.9.0/24 udp dport 1000-2000 drop" in rules
     assert any(r.startswith("ip daddr 198.18.0.10 icmp type") for r in rules)

@@ -6,9 +6,10 @@ The core never looks anything up in the kernel.  The control side (the I/O-drive
 director) gathers every fact the per-packet path needs -- the virtual services with their real
 servers in kernel order, and how to reach each real server (egress interface, MACs, MTU) as the
 kernel's routes and neighbours say -- and publishes it whole.  The core compiles it into its own
-tables (C arrays in ``lvsuser._fastpath``, dicts in ``lvsuser.pyfastpath``) and adopts it between
-batches.  Connections survive a publish: they are re-bound to the dest with the same
-(address, port) in the new config; connections whose dest is gone are expired.
+tables (C slots in ``lvsuser._fastpath``, objects in ``lvsuser.pyfastpath``) by applying only what
+differs from the running configuration, between batches.  Connections survive a publish: a
+service is the same service when its key is, a dest the same dest when its (address, port) is;
+connections whose dest is gone are expired.
 
 Everything here is a plain dataclass of model objects, ``ipaddress`` objects, ints and bytes;
 ``validate()`` rejects bad input with a ``ValueError`` naming the field, before the core sees it.
@@ -24,6 +25,10 @@ from lvsuser import model
 # Frame formats the drivers hand to the core.
 MODE_L2 = "l2"  # Ethernet frames (AF_PACKET rings): the core rewrites MACs itself
 MODE_L3 = "l3"  # bare IPv4/IPv6 packets (TUN device): the kernel routes what the core emits
+
+
+class StateError(Exception):
+    """A datapath state file that this core cannot adopt (another layout, other sizes, in use)."""
 
 
 @dataclasses.dataclass
@@ -84,9 +89,6 @@ class CoreConfig:
         """Raise ValueError naming the first bad field; the core's state is untouched then."""
         if self.mode not in (MODE_L2, MODE_L3):
             raise ValueError(f"mode must be {MODE_L2!r} or {MODE_L3!r}, not {self.mode!r}")
-        # The compiled core keeps a connection's service and dest as 16-bit indices.
-        if len(self.services) > 65535:
-            raise ValueError(f"{len(self.services)} services: at most 65535 are supported")
         seen = set()
         for svc in self.services:
             if not isinstance(svc, model.Service):

@@ -129,3 +129,18 @@ class CoreConfig:
         for name in ("tcp", "tcp_fin", "udp"):
             if getattr(self.timeouts, name) <= 0:
                 raise ValueError(f"timeouts.{name} must be positive")
+
+
+def service_signature(svc: model.Service, routes: dict) -> tuple:
+    """Everything of a configured service the cores use, as one comparable value; equal
+    signatures mean a publish has nothing to do for that service.  ``routes`` maps packed
+    addresses to ``DestRoute``.  Run-time fields (counts, stats) are not part of it."""
+    dests = []
+    for d in svc.dests:
+        r = routes.get(d.addr.packed)
+        route = None if r is None else (r.ifindex, bytes(r.src_mac), bytes(r.dst_mac), r.mtu,
+                                        r.src_addr)
+        dests.append((d.addr, d.port, int(d.fwd), d.weight, d.u_threshold, d.l_threshold,
+                      int(d.tun_type), d.tun_port, d.tun_flags))
+        dests.append(route)
+    return (svc.scheduler, svc.flags, svc.timeout, svc.netmask, svc.pe_name, tuple(dests))

@@ -669,7 +669,7 @@ cdef class Core:
         seen = set()
         for svc in config.services:
             seen.add(svc.key)
-            sig = _service_signature(svc, routes)
+            sig = _config_mod.service_signature(svc, routes)
             slot = self._svc_slot.get(svc.key, 0)
             if slot and self._svc_sig.get(slot) == sig:
                 continue
@@ -1288,19 +1288,6 @@ cdef bint _fill_dest(lvs_dest *d, dest, dict routes) except -1:
     else:
         d.flags &= ~LVS_DEST_F_OVERLOAD
     return memcmp(&before, d, sizeof(lvs_dest)) != 0
-
-
-def _service_signature(svc, dict routes):
-    """Everything of a configured service the core uses, as one comparable value: equal
-    signatures mean publish has nothing to do for it (run-time fields are not part of it)."""
-    dests = []
-    for d in svc.dests:
-        r = routes.get(d.addr.packed)
-        route = None if r is None else (r.ifindex, bytes(r.src_mac), bytes(r.dst_mac), r.mtu,
-                                        r.src_addr)
-        dests.append((d.addr, d.port, int(d.fwd), d.weight, d.u_threshold, d.l_threshold,
-                      int(d.tun_type), d.tun_port, d.tun_flags, route))
-    return (svc.scheduler, svc.flags, svc.timeout, svc.netmask, tuple(dests))
 
 
 def _small_signature(config):

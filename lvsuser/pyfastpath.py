@@ -383,6 +383,7 @@ class Core:
         self._conn_out: dict = {}
         self._templates: dict = {}
         self._dead = 0                # entries whose dest is gone, not freed yet
+        self._orphans: dict = {}      # id -> such a template displaced from _templates
         self._counters = dict.fromkeys(COUNTER_NAMES, 0)
         self._tcp_timeouts = tcp_timeouts(model.Timeouts())
         self._udp_timeout = model.Timeouts().udp
@@ -699,6 +700,11 @@ class Core:
                 template.tkey = tkey
                 template.timeout = svc.timeout
                 template.expires = _ms(now) + svc.timeout * 1000
+                displaced = self._templates.get(tkey)
+                if displaced is not None:
+                    # a template of a deleted real server that still controls connections:
+                    # kept aside until the last of them goes (as it stays in the C table)
+                    self._orphans[id(displaced)] = displaced
                 self._templates[tkey] = template
             dport = dest.port if (pkt.dport == svc.port and dest.port) else pkt.dport
         else:
@@ -788,6 +794,7 @@ class Core:
         if conn.flags & CONN_F_TEMPLATE:
             if self._templates.get(conn.tkey) is conn:
                 del self._templates[conn.tkey]
+            self._orphans.pop(id(conn), None)
         else:
             if self._conn_in.get(conn.in_key()) is conn:
                 del self._conn_in[conn.in_key()]
@@ -1357,4 +1364,4 @@ class Core:
         return [self.process(frame, ifindex, now) for frame, ifindex in frames]
 
     def conn_count(self) -> int:
-        return len(self._conn_in) + len(self._templates) - self._dead
+        return len(self._conn_in) + len(self._templates) + len(self._orphans) - self._dead

@@ -394,7 +394,8 @@ cdef class Core:
     cdef dict _svc_model        # service slot -> model.Service (private copy, list order)
     cdef dict _svc_sig          # service slot -> what the last publish said of it
     cdef dict _dest_slots       # service slot -> {(addr, port): dest slot}
-    cdef dict _py_scheds        # service slot -> (plugin, model.Service)
+    cdef dict _py_scheds        # service slot -> (plugin, model.Service, reused)
+    cdef dict _pending          # service slot -> [(hook name, model.Dest)] for its plugin
     cdef list _order            # service slots in config order
     cdef object _small_sig      # the last published whole-config facts
     cdef object _scheduler_factory
@@ -441,6 +442,7 @@ cdef class Core:
         self._svc_sig = {}
         self._dest_slots = {}
         self._py_scheds = {}
+        self._pending = {}
         self._order = []
         self._small_sig = None
         self._scheduler_factory = scheduler_factory
@@ -835,6 +837,15 @@ cdef class Core:
                 added.append(dslot)
             if _fill_dest(&self.c.dests[dslot], dest, routes):
                 edited.append(dslot)
+        # what a Python plugin will hear (after the lock is released)
+        old_model = self._svc_model.get(slot)
+        by_ident = {(dm.addr, dm.port): dm for dm in svc.dests}
+        old_by_ident = {(dm.addr, dm.port): dm for dm in old_model.dests} if old_model else {}
+        slot_ident = {v: k for k, v in old.items()}
+        self._pending[slot] = (
+            [("del_dest", old_by_ident.get(ident)) for ident, _ in gone]
+            + [("upd_dest", by_ident[slot_ident[x]]) for x in edited if x not in added]
+            + [("add_dest", by_ident[slot_ident[x]]) for x in added])
         # the list in config order (newest first), then the hooks, one per change
         arr = <lvs_dest **>malloc((len(svc.dests) + 1) * sizeof(lvs_dest *))
         if arr == NULL:
@@ -908,13 +919,21 @@ cdef class Core:
             self._py_scheds.pop(slot, None)
 
     cdef _update_plugin(self, uint32_t slot, svc):
+        """A kept plugin follows its service's new model and hears of each change (its
+        add_dest/del_dest/upd_dest, else update()), as pyfastpath tells its schedulers."""
         entry = self._py_scheds.get(slot)
+        changes = self._pending.pop(slot, [])
         if entry is None or not entry[2]:
             return
         plugin = entry[0]
         try:
             plugin.service = svc     # keep its state, as update_service does
-            plugin.update()
+            for hook, dest in changes:
+                method = getattr(plugin, hook, None)
+                if method is not None:
+                    method(dest)
+                else:
+                    plugin.update()
         except Exception:
             try:
                 factory = self._scheduler_factory or _constants.default_scheduler_factory

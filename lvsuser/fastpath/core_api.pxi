@@ -690,6 +690,7 @@ cdef class Core:
             raise MemoryError(f"publish needs {need_dests} more real-server slots than the "
                               f"{self.c.st.max_dests} this core has (max_dests); "
                               f"{self.c.st.dest_in_use} are in use or still referenced")
+        models = [(_copy.deepcopy(svc), slot, sig) for svc, slot, sig in changed]
         small_sig = _small_signature(config)
         if small_sig != self._small_sig:
             small = self._build_small(config)
@@ -697,7 +698,7 @@ cdef class Core:
         if svc_list == NULL:
             lvs_tables_free(small)
             raise MemoryError()
-        models = [(_copy.deepcopy(svc), slot, sig) for svc, slot, sig in changed]
+        old_list = NULL
         # 2. apply, under the lock (the datapath adopts it between batches)
         with nogil:
             pthread_mutex_lock(&self.c.lock)
@@ -707,7 +708,11 @@ cdef class Core:
             done = [self._apply_service(model, slot, routes) for model, slot, _ in models]
             for (model, _, sig), slot in zip(models, done):
                 self._svc_sig[slot] = sig
+                # a Python plugin hears of its changes here too: the datapath calls it with
+                # this lock held, so it never schedules half-told
+                self._update_plugin(slot, model)
             order = [self._svc_slot[svc.key] for svc in config.services]
+            self._order = order
             for i in range(len(order)):
                 svc_list[i] = order[i]
             old_list = self.c.svc_list
@@ -718,16 +723,21 @@ cdef class Core:
                 self.c.tables = small
             self.generation += 1
             self.c.generation = self.generation
+        except BaseException:
+            # not reached with checked input and pools; an allocation failing half-way
+            # leaves the services applied so far, and the tables not swapped are freed
+            if self.c.svc_list != svc_list:
+                free(svc_list)
+            if small != NULL and self.c.tables != small:
+                lvs_tables_free(small)
+            raise
         finally:
             pthread_mutex_unlock(&self.c.lock)
-        # 3. after: free what the datapath no longer sees, and tell Python plugins
+        # 3. after: free what the datapath no longer sees
         free(old_list)
         if small != NULL:
             lvs_tables_free(old_small)
             self._small_sig = small_sig
-        self._order = order
-        for model, slot in zip((m for m, _, _ in models), done):
-            self._update_plugin(slot, model)
         return self.generation
 
     cdef _retire_service(self, uint32_t slot):
@@ -1040,13 +1050,23 @@ cdef class Core:
         return before
 
     def _estimate(self, double now):
+        if self._next_est < 0:
+            self._next_est = now + _constants.EST_INTERVAL
+            return
+        if now < self._next_est:
+            return
+        with nogil:   # a publish may be changing the dest lists
+            pthread_mutex_lock(&self.c.lock)
+        try:
+            self._estimate_locked(now)
+        finally:
+            pthread_mutex_unlock(&self.c.lock)
+
+    cdef _estimate_locked(self, double now):
         cdef uint32_t slot, j, ticks = 0
         cdef lvs_svc_rec *r
         cdef lvs_service *s
         cdef lvs_dest *d
-        if self._next_est < 0:
-            self._next_est = now + _constants.EST_INTERVAL
-            return
         while now >= self._next_est and ticks < 32:
             self._next_est += _constants.EST_INTERVAL
             ticks += 1

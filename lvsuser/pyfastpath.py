@@ -39,6 +39,14 @@ Differences from the kernel, on purpose:
 ICMP errors about our IPv4 IP-in-IP packets are relayed to the client from the VIP, a reported
 MTU less the tunnel's 20 bytes (ip_vs_in_icmp); relayed frames carry no VLAN tag.
 
+Configuration changes are deltas (``publish``): a service is the same service while its key
+is, a dest the same dest object while its (address, port) is, so an edit changes the object in
+place and its connections and counters stay.  A deleted dest is only dropped from its service;
+a connection bound to a dest that is no longer its service's is "gone": not listed, not
+counted, freed by the first lookup or sweep that meets it (the compiled core's slots with
+reference counts, without the memory management).  Schedulers hear add_dest / del_dest /
+upd_dest for their own service's changes only.
+
 Every helper returns plain values; no exception escapes ``process``: anything unexpected in a
 frame is a counted drop.
 """

@@ -304,6 +304,32 @@ def test_a_failed_publish_changes_nothing(core_cls):
     assert_forwarding(core, chosen)
 
 
+@both_cores
+def test_rr_follows_its_dests_through_deltas(core_cls):
+    """ip_vs_rr: new dests enter at the head and leave the cursor on its dest; deleting the
+    cursor's dest steps it back to the dest before it, so the one after it comes next."""
+    svc = service([dest(1), dest(0)], protocol=UDP_P)
+    core = new_core(core_cls, config([svc]))
+
+    def pick(port):
+        verdict, out, _ = core.process(udp_from_client(port), IF_CLIENT, 1.0)
+        assert verdict == TX
+        return RS.index(IP(out[14:]).dst)
+
+    assert pick(1) == 1                      # cursor on RS[1], list position 0
+    grown = service([dest(2), dest(1), dest(0)], protocol=UDP_P)
+    core.publish(config([grown]))            # RS[2] enters at the head: the cursor stays on RS[1]
+    assert pick(2) == 0
+    assert pick(3) == 2                      # wraps to the head
+    assert pick(4) == 1                      # cursor on RS[1]
+    shrunk = service([dest(2), dest(0)], protocol=UDP_P)
+    core.publish(config([shrunk]))           # the cursor's dest goes: back to RS[2]
+    assert pick(5) == 0
+    edited = service([dest(2, weight=3), dest(0)], protocol=UDP_P)
+    core.publish(config([edited]))           # an edit leaves the cursor alone
+    assert pick(6) == 2
+
+
 # ---------------------------------------------------------------- compiled core: structure
 GONE_SLOT, USED_SLOT = 2, 1
 

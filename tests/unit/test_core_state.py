@@ -240,3 +240,40 @@ def test_state_survives_an_edit_then_a_restart(state_file):
     assert [d.stats.conns for d in again.services()[0].dests] == conns
     assert [d.weight for d in again.services()[0].dests] == [4, 1, 1]
     assert model.Forward.MASQ == again.services()[0].dests[0].fwd
+
+
+def test_ipv6_connections_are_adopted(state_file):
+    """The IPv6 side array (addresses of IPv6 entries) and the peers come back too."""
+    from scapy.all import IPv6, TCP, Ether, raw
+    from tests.unit.golden import (ADDRS, CLIENT_MAC, DIR_CLIENT_MAC, DIR_SERVER_MAC, RS_MACS,
+                                   make_config, make_service)
+    a = ADDRS[model.AF_INET6]
+    cfg = make_config([make_service(af=model.AF_INET6, fwd=model.Forward.MASQ, ndests=2,
+                                    scheduler="rr")])
+
+    def frame(sport, flags):
+        return raw(Ether(src=CLIENT_MAC, dst=DIR_CLIENT_MAC) / IPv6(src=a["client"], dst=a["vip"])
+                   / TCP(sport=sport, dport=80, flags=flags))
+
+    first = _fastpath.Core(state_path=state_file, **SIZES)
+    first.publish(cfg)
+    chosen = {}
+    for port in (57000, 57001):
+        verdict, out, _ = first.process(frame(port, "S"), IF_CLIENT, T0)
+        chosen[port] = str(IPv6(out[14:]).dst)
+    assert sorted(chosen.values()) == sorted(a["rs"])
+    rows = first.connections(T0)
+    del first
+    second = _fastpath.Core(state_path=state_file, **SIZES)
+    second.publish(cfg)
+    assert second.connections(T0) == rows
+    for port, rs in chosen.items():
+        verdict, out, ifindex = second.process(frame(port, "A"), IF_CLIENT, T0 + 1)
+        expected = raw(Ether(src=DIR_SERVER_MAC, dst=RS_MACS[a["rs"].index(rs)])
+                       / IPv6(src=a["client"], dst=rs, hlim=63) / TCP(sport=port, dport=80, flags="A"))
+        assert (verdict, out, ifindex) == (TX, expected, IF_SERVERS)
+        reply = raw(Ether(src=RS_MACS[a["rs"].index(rs)], dst=DIR_SERVER_MAC)
+                    / IPv6(src=rs, dst=a["client"]) / TCP(sport=80, dport=port, flags="SA"))
+        to_client = raw(Ether(src=DIR_CLIENT_MAC, dst=CLIENT_MAC)
+                        / IPv6(src=a["vip"], dst=a["client"], hlim=63) / TCP(sport=80, dport=port, flags="SA"))
+        assert second.process(reply, IF_SERVERS, T0 + 1) == (TX, to_client, IF_CLIENT)

@@ -350,11 +350,11 @@ _DEST_CONFIG_FIELDS = ("fwd", "weight", "u_threshold", "l_threshold", "tun_type"
                        "tun_flags", "af")
 
 
-def _tell_scheduler(scheduler, hook: str, dest: model.Dest) -> bool:
+def _tell_scheduler(scheduler, hook: str, dest: Optional[model.Dest]) -> bool:
     """Call the scheduler's add_dest/del_dest/upd_dest (the kernel's hooks), else update();
     False if it raised (the caller then starts a fresh scheduler)."""
     try:
-        method = getattr(scheduler, hook, None)
+        method = getattr(scheduler, hook, None) if dest is not None else None
         if method is not None:
             method(dest)
         else:
@@ -426,7 +426,7 @@ class Core:
                     self._retire_dest(dest)
         changed = {}
         for svc_in, state, sig in plan:
-            changed[svc_in.key] = self._apply_service(svc_in, state, sig)
+            changed[svc_in.key] = self._apply_service(svc_in, state, sig, routes)
         services, by_addr, by_mark = {}, {}, {}
         for svc_in in config.services:
             state = changed.get(svc_in.key) or self._services[svc_in.key]
@@ -456,7 +456,8 @@ class Core:
         self._dead += bound
         dest.flags &= ~model.DEST_F_AVAILABLE
 
-    def _apply_service(self, svc_in: model.Service, state: Optional[_ServiceState], sig):
+    def _apply_service(self, svc_in: model.Service, state: Optional[_ServiceState], sig,
+                       routes: dict):
         """A new service, or `state` brought to `svc_in` in place; returns the state."""
         if state is None:
             svc = dataclasses.replace(svc_in, dests=[_fresh_dest(d) for d in svc_in.dests],
@@ -467,41 +468,51 @@ class Core:
                 scheduler = None
             return _ServiceState(svc, scheduler, sig)
         svc = state.svc
-        old_scheduler = svc.scheduler
+        same_scheduler = state.scheduler is not None and svc.scheduler == svc_in.scheduler
+        scheduler = state.scheduler if same_scheduler else None
         svc.scheduler, svc.flags, svc.timeout = svc_in.scheduler, svc_in.flags, svc_in.timeout
         svc.netmask, svc.pe_name = svc_in.netmask, svc_in.pe_name
+        # In the compiled core's order, so that schedulers see the same lists in both cores:
+        # 1. deleted dests leave the list one by one, each told with del_dest;
+        ids = {(d.addr, d.port) for d in svc_in.dests}
+        removed = [d for key, d in state.by_id.items() if key not in ids]
+        for dest in removed:
+            svc.dests.remove(dest)
+            self._retire_dest(dest)
+            state.dest_est.pop((dest.addr, dest.port), None)
+            if scheduler is not None and not _tell_scheduler(scheduler, "del_dest", dest):
+                scheduler = None
+        kept_order = [id(d) for d in svc.dests]
+        # 2. edits in place (config, route, overload), new dests made;
         new_list, added, edited = [], [], []
         for dest_in in svc_in.dests:
             dest = state.by_id.get((dest_in.addr, dest_in.port))
             if dest is None:
                 dest = _fresh_dest(dest_in)
                 added.append(dest)
+                self._settle_overload(dest)
             else:
-                before = tuple(getattr(dest, f) for f in _DEST_CONFIG_FIELDS)
+                before = tuple(getattr(dest, f) for f in _DEST_CONFIG_FIELDS) + (dest.flags,)
                 for field in _DEST_CONFIG_FIELDS:
                     setattr(dest, field, getattr(dest_in, field))
-                if tuple(getattr(dest, f) for f in _DEST_CONFIG_FIELDS) != before:
+                self._settle_overload(dest)
+                packed = dest.addr.packed
+                if tuple(getattr(dest, f) for f in _DEST_CONFIG_FIELDS) + (dest.flags,) != before \
+                        or self._routes.get(packed) != routes.get(packed):
                     edited.append(dest)
-            self._settle_overload(dest)
             new_list.append(dest)
-        ids = {(d.addr, d.port) for d in new_list}
-        removed = [d for key, d in state.by_id.items() if key not in ids]
-        for dest in removed:
-            self._retire_dest(dest)
-            state.dest_est.pop((dest.addr, dest.port), None)
-        svc.dests[:] = new_list      # the scheduler reads this very list
+        # 3. the final list (the scheduler reads this very list), then upd_dest, add_dest, and
+        #    update() if the kept dests changed order (the kernel never reorders; a config may)
+        fresh = {id(d) for d in added}
+        reordered = [id(d) for d in new_list if id(d) not in fresh] != kept_order
+        svc.dests[:] = new_list
         state.by_id = {(d.addr, d.port): d for d in new_list}
         state.sig = sig
-        scheduler = state.scheduler
-        if scheduler is not None and old_scheduler == svc.scheduler:
-            calls = ([("del_dest", d) for d in removed] + [("upd_dest", d) for d in edited]
-                     + [("add_dest", d) for d in added])
-            for hook, dest in calls:
-                if not _tell_scheduler(scheduler, hook, dest):
-                    scheduler = None
-                    break
-        else:
-            scheduler = None
+        calls = ([("upd_dest", d) for d in edited] + [("add_dest", d) for d in added]
+                 + ([("update", None)] if reordered else []))
+        for hook, dest in calls:
+            if scheduler is not None and not _tell_scheduler(scheduler, hook, dest):
+                scheduler = None
         if scheduler is None:
             try:
                 scheduler = self._scheduler_factory(svc.scheduler, svc)

@@ -829,6 +829,7 @@ cdef class Core:
             if not fresh_sched:
                 lvs_sched_hook(s, s.sched.del_dest if s.sched != NULL else NULL, &self.c.dests[dslot])
             lvs_dest_slot_retire(self.c, dslot)
+        kept_order = self._listed(s)
         # edited and new dests
         added = []
         edited = []
@@ -847,7 +848,10 @@ cdef class Core:
                 added.append(dslot)
             if _fill_dest(&self.c.dests[dslot], dest, routes):
                 edited.append(dslot)
-        # what a Python plugin will hear (after the lock is released)
+        # The kernel never reorders a list (new dests go to the head), but a published config
+        # may: then the scheduler also re-reads the whole list (update), after the hooks.
+        reordered = [i for i in new_ids if old[i] not in added] != kept_order
+        # what a Python plugin will hear
         old_model = self._svc_model.get(slot)
         by_ident = {(dm.addr, dm.port): dm for dm in svc.dests}
         old_by_ident = {(dm.addr, dm.port): dm for dm in old_model.dests} if old_model else {}
@@ -855,7 +859,8 @@ cdef class Core:
         self._pending[slot] = (
             [("del_dest", old_by_ident.get(ident)) for ident, _ in gone]
             + [("upd_dest", by_ident[slot_ident[x]]) for x in edited if x not in added]
-            + [("add_dest", by_ident[slot_ident[x]]) for x in added])
+            + [("add_dest", by_ident[slot_ident[x]]) for x in added]
+            + ([("update", None)] if reordered else []))
         # the list in config order (newest first), then the hooks, one per change
         arr = <lvs_dest **>malloc((len(svc.dests) + 1) * sizeof(lvs_dest *))
         if arr == NULL:
@@ -876,6 +881,8 @@ cdef class Core:
                     lvs_sched_hook(s, s.sched.upd_dest if s.sched != NULL else NULL, &self.c.dests[dslot])
             for dslot in added:
                 lvs_sched_hook(s, s.sched.add_dest if s.sched != NULL else NULL, &self.c.dests[dslot])
+            if reordered and s.sched != NULL and s.sched.update_service != NULL:
+                s.sched.update_service(s)
         self.c.svc_py[slot] = 0
         self._svc_model[slot] = svc
         if sched == NULL:
@@ -939,7 +946,7 @@ cdef class Core:
         try:
             plugin.service = svc     # keep its state, as update_service does
             for hook, dest in changes:
-                method = getattr(plugin, hook, None)
+                method = getattr(plugin, hook, None) if dest is not None else None
                 if method is not None:
                     method(dest)
                 else:

@@ -414,3 +414,67 @@ def test_full_slot_pools_refuse_a_publish_and_change_nothing():
     core.expire(400.0, budget=0)                  # the connection expires, its slot is freed
     core.publish(config([service([dest(1), dest(2), dest(0)], protocol=UDP_P)]))
     assert [str(d.addr) for d in core.services()[0].dests] == [RS[1], RS[2], RS[0]]
+
+
+# ---------------------------------------------------------------- both cores, random deltas
+def random_config(rng):
+    """One or two services on two VIPs, random dests (subset, order, weights, thresholds),
+    random scheduler and persistence: what a session of ipvsadm edits may leave."""
+    services = []
+    for vip, protocol in ((ADDRS[V4]["vip"], TCP_P), (VIP2, UDP_P)):
+        if rng.random() < 0.2:
+            continue
+        picked = rng.sample(range(3), rng.randint(0, 3))
+        dests = [dest(i, weight=rng.choice([0, 1, 1, 2, 3]),
+                      u_threshold=rng.choice([0, 0, 2, 3])) for i in picked]
+        flags = model.SVC_F_HASHED | (model.SVC_F_PERSISTENT if rng.random() < 0.3 else 0)
+        services.append(service(dests, vip=vip, protocol=protocol, flags=flags, timeout=20,
+                                scheduler=rng.choice(["rr", "wlc", "wrr", "sh"])))
+    return config(services)
+
+
+def random_frame(rng):
+    port = rng.randint(60000, 60011)
+    if rng.random() < 0.3:           # a real server's reply
+        rs = rng.randrange(3)
+        return from_server(port, rs, rng.choice(["A", "SA", "FA", "R"])), IF_SERVERS
+    if rng.random() < 0.3:
+        return udp_from_client(port, vip=VIP2), IF_CLIENT
+    return from_client(port, rng.choice(["S", "S", "A", "FA", "R"])), IF_CLIENT
+
+
+def observe(core, now):
+    return (core.counters(), sorted(sorted((k, str(v)) for k, v in row.items())
+                                    for row in core.connections(now)),
+            [(s.key, s.scheduler, [(str(d.addr), d.weight, d.activeconns, d.inactconns,
+                                    d.persistconns, d.flags, d.stats.conns, d.stats.inpkts)
+                                   for d in s.dests]) for s in core.services()],
+            core.conn_count())
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_deltas_both_cores_agree(seed):
+    """The same random publishes, packets and expiries through both cores: the same verdicts
+    and frames, listings, counts and counters, and the compiled core's bookkeeping holds
+    (what the slots count is what the table holds)."""
+    import random
+    rng = random.Random(seed)
+    py, c = CORES[0](), _fastpath.Core(max_dests=16)
+    now = 1.0
+    for step in range(400):
+        roll = rng.random()
+        if roll < 0.08:
+            cfg = random_config(rng)
+            assert py.publish(copy.deepcopy(cfg)) == c.publish(cfg)
+        elif roll < 0.12:
+            now += rng.choice([1, 5, 30, 400])
+            assert py.expire(now, budget=0) == c.expire(now, budget=0), step
+        else:
+            frame, ifindex = random_frame(rng)
+            assert py.process(frame, ifindex, now) == c.process(frame, ifindex, now), step
+        if step % 20 == 0 or roll < 0.12:
+            assert observe(py, now) == observe(c, now), step
+            slots = c._slots()["dests"]
+            assert sum(refs for _, refs, _ in slots.values()) == len(c._entries())
+            assert c.conn_count() == len(c.connections(now))
+    assert observe(py, now) == observe(c, now)

@@ -43,6 +43,13 @@ RUNNER = textwrap.dedent("""
                 del svc.dests[i // 400 % 2]
             core.publish(cfg)
     core.expire(1e6)
+    # rule changes as deltas (slots, refcounts, gone dests) and restarts on a state file
+    import os, tempfile
+    from tests.unit import test_core_deltas as deltas, test_core_state as state
+    for seed in range(4):
+        deltas.test_random_deltas_both_cores_agree(seed)
+        with tempfile.TemporaryDirectory() as tmp:
+            state.test_random_restarts_keep_the_table(os.path.join(tmp, "datapath.map"), seed)
     print("ASAN-OK", total)
 """)
 

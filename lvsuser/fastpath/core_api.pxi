@@ -745,7 +745,7 @@ cdef class Core:
         dests of it are still referenced."""
         cdef lvs_service *s = &self.c.svcs[slot]
         cdef lvs_svc_rec *rec = &self.c.svc_recs[slot]
-        if s.hnext or self._svc_sig.get(slot) is not None:
+        if self._svc_sig.get(slot) is not None:      # published, so in the lookup
             lvs_svc_hash_unlink(self.c, slot)
         self._sched_done(slot)
         free(s.dests)
@@ -825,11 +825,11 @@ cdef class Core:
         gone = [(ident, dslot) for ident, dslot in old.items() if ident not in keep]
         for ident, dslot in gone:
             del old[ident]
-            self._set_dest_list(s, [old[i] for i in self._listed(s) if i in old], old)
+            lvs_list_remove(s, &self.c.dests[dslot])
             if not fresh_sched:
                 lvs_sched_hook(s, s.sched.del_dest if s.sched != NULL else NULL, &self.c.dests[dslot])
             lvs_dest_slot_retire(self.c, dslot)
-        kept_order = self._listed(s)
+        kept_order = [s.dests[j].slot for j in range(s.num_dests)]
         # edited and new dests
         added = []
         edited = []
@@ -850,7 +850,8 @@ cdef class Core:
                 edited.append(dslot)
         # The kernel never reorders a list (new dests go to the head), but a published config
         # may: then the scheduler also re-reads the whole list (update), after the hooks.
-        reordered = [i for i in new_ids if old[i] not in added] != kept_order
+        added_set = set(added)
+        reordered = [old[i] for i in new_ids if old[i] not in added_set] != kept_order
         # what a Python plugin will hear
         old_model = self._svc_model.get(slot)
         by_ident = {(dm.addr, dm.port): dm for dm in svc.dests}
@@ -858,7 +859,7 @@ cdef class Core:
         slot_ident = {v: k for k, v in old.items()}
         self._pending[slot] = (
             [("del_dest", old_by_ident.get(ident)) for ident, _ in gone]
-            + [("upd_dest", by_ident[slot_ident[x]]) for x in edited if x not in added]
+            + [("upd_dest", by_ident[slot_ident[x]]) for x in edited if x not in added_set]
             + [("add_dest", by_ident[slot_ident[x]]) for x in added]
             + ([("update", None)] if reordered else []))
         # the list in config order (newest first), then the hooks, one per change
@@ -877,7 +878,7 @@ cdef class Core:
                 sched.init_service(s)
         else:
             for dslot in edited:
-                if dslot not in added:
+                if dslot not in added_set:
                     lvs_sched_hook(s, s.sched.upd_dest if s.sched != NULL else NULL, &self.c.dests[dslot])
             for dslot in added:
                 lvs_sched_hook(s, s.sched.add_dest if s.sched != NULL else NULL, &self.c.dests[dslot])
@@ -890,30 +891,6 @@ cdef class Core:
         else:
             self._py_scheds.pop(slot, None)
         return slot
-
-    cdef list _listed(self, lvs_service *s):
-        """Identities of the dests in s's current list, in order."""
-        cdef uint32_t j
-        cdef lvs_dest *d
-        cdef uint8_t alen
-        out = []
-        for j in range(s.num_dests):
-            d = s.dests[j]
-            alen = 16 if d.af == _model.AF_INET6 else 4
-            out.append((_constants.addr_from_bytes(d.af, (<char *>d.addr)[:alen]), lvs_ntohs(d.port)))
-        return out
-
-    cdef _set_dest_list(self, lvs_service *s, list slots_in_order, dict ids):
-        cdef lvs_dest **arr = <lvs_dest **>malloc((len(slots_in_order) + 1) * sizeof(lvs_dest *))
-        cdef uint32_t j
-        if arr == NULL:
-            raise MemoryError()
-        for j, dslot in enumerate(slots_in_order):
-            arr[j] = &self.c.dests[<uint32_t>dslot]
-            arr[j].index = j
-        free(s.dests)
-        s.dests = arr
-        s.num_dests = len(slots_in_order)
 
     cdef _bind_plugin(self, uint32_t slot, svc):
         """A scheduler the C core lacks: a Python plugin (kept across edits, as update_service)."""
@@ -1282,6 +1259,17 @@ cdef _fill_stats(stats, uint64_t conns, uint64_t inpkts, uint64_t outpkts, uint6
     stats.outpps = (e.rate[2] + 0x1FF) >> 10
     stats.inbps = (e.rate[3] + 0xF) >> 5
     stats.outbps = (e.rate[4] + 0xF) >> 5
+
+
+cdef void lvs_list_remove(lvs_service *s, lvs_dest *d) noexcept nogil:
+    """Take d out of s's dest list in place, keeping the others' order and indices right."""
+    cdef uint32_t j, k = 0
+    for j in range(s.num_dests):
+        if s.dests[j] != d:
+            s.dests[k] = s.dests[j]
+            s.dests[k].index = k
+            k += 1
+    s.num_dests = k
 
 
 cdef int lvs_sched_hook(lvs_service *s, lvs_sched_dest_fn hook, lvs_dest *dest) noexcept nogil:

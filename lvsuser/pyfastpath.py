@@ -60,7 +60,8 @@ from typing import Callable, Optional
 
 from lvsuser import model
 from lvsuser.schedulers.base import PacketInfo, report_schedule_error
-from lvsuser.fastpath.config import MODE_L2, CoreConfig, DestRoute, StateError, service_signature
+from lvsuser.fastpath.config import (MODE_L2, CoreConfig, DestRoute, StateError, packed_routes,
+                                     service_signature)
 from lvsuser.fastpath.constants import (COUNTER_NAMES, EST_INTERVAL, EXPIRE_MAX_FREED, EXPIRE_SLOTS,
                                         TCP_STATE_NAMES, addr_from_bytes, default_scheduler_factory,
                                         tcp_timeouts)
@@ -412,7 +413,7 @@ class Core:
         add_dest, else update()).  Returns the new generation.  Bad input raises ValueError
         before anything changes."""
         config.validate()
-        routes = {ipaddress.ip_address(a).packed: r for a, r in config.routes.items()}
+        routes = packed_routes(config.routes)
         plan = []
         for svc_in in config.services:
             sig = service_signature(svc_in, routes)

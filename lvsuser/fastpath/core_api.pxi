@@ -665,7 +665,7 @@ cdef class Core:
         cdef uint32_t *old_list
         cdef uint32_t need_dests = 0, need_svcs = 0, i
         config.validate()
-        routes = {_ipaddress.ip_address(a).packed: r for a, r in config.routes.items()}
+        routes = _config_mod.packed_routes(config.routes)
         # 1. the plan, in Python, touching nothing that runs
         changed = []                # (model copy, slot or 0, signature)
         seen = set()
@@ -690,7 +690,7 @@ cdef class Core:
             raise MemoryError(f"publish needs {need_dests} more real-server slots than the "
                               f"{self.c.st.max_dests} this core has (max_dests); "
                               f"{self.c.st.dest_in_use} are in use or still referenced")
-        models = [(_copy.deepcopy(svc), slot, sig) for svc, slot, sig in changed]
+        models = [(_config_mod.private_copy(svc), slot, sig) for svc, slot, sig in changed]
         small_sig = _small_signature(config)
         if small_sig != self._small_sig:
             small = self._build_small(config)

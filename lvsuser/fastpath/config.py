@@ -109,7 +109,12 @@ class CoreConfig:
                 raise ValueError(f"service {svc.key}: bad port {svc.port}")
             if len(svc.dests) > 65535:
                 raise ValueError(f"service {svc.key}: at most 65535 real servers are supported")
+            dest_ids = set()
             for dest in svc.dests:
+                # a dest is its (address, port) within its service, as ip_vs_lookup_dest has it
+                if (dest.addr, dest.port) in dest_ids:
+                    raise ValueError(f"service {svc.key}: dest {dest.addr}:{dest.port} is listed twice")
+                dest_ids.add((dest.addr, dest.port))
                 if not 0 <= dest.port <= 65535:
                     raise ValueError(f"service {svc.key}: dest {dest.addr} bad port {dest.port}")
                 if dest.weight < 0:

@@ -478,3 +478,11 @@ def test_random_deltas_both_cores_agree(seed):
             assert sum(refs for _, refs, _ in slots.values()) == len(c._entries())
             assert c.conn_count() == len(c.connections(now))
     assert observe(py, now) == observe(c, now)
+
+
+@both_cores
+def test_a_dest_listed_twice_is_refused(core_cls):
+    core = new_core(core_cls, config([service([dest(0)])]))
+    with pytest.raises(ValueError, match="listed twice"):
+        core.publish(config([service([dest(0), dest(1), dest(0, weight=3)])]))
+    assert [str(d.addr) for d in core.services()[0].dests] == [RS[0]]

@@ -381,6 +381,8 @@ class Core:
             raise StateError(f"the pure-Python core keeps no state file ({state_path}): use "
                              "lvsuser._fastpath.Core for state that outlives the process")
         self.max_conns = max_conns
+        self.state_path = None        # the same attributes as the compiled core's
+        self.adopted = False
         self._scheduler_factory = scheduler_factory or default_scheduler_factory
         self._config = CoreConfig()
         self._services: dict = {}     # ServiceKey -> _ServiceState, in config order

@@ -852,16 +852,17 @@ cdef class Core:
         # may: then the scheduler also re-reads the whole list (update), after the hooks.
         added_set = set(added)
         reordered = [old[i] for i in new_ids if old[i] not in added_set] != kept_order
-        # what a Python plugin will hear
-        old_model = self._svc_model.get(slot)
-        by_ident = {(dm.addr, dm.port): dm for dm in svc.dests}
-        old_by_ident = {(dm.addr, dm.port): dm for dm in old_model.dests} if old_model else {}
-        slot_ident = {v: k for k, v in old.items()}
-        self._pending[slot] = (
-            [("del_dest", old_by_ident.get(ident)) for ident, _ in gone]
-            + [("upd_dest", by_ident[slot_ident[x]]) for x in edited if x not in added_set]
-            + [("add_dest", by_ident[slot_ident[x]]) for x in added]
-            + ([("update", None)] if reordered else []))
+        if sched == NULL:
+            # what a Python plugin will hear
+            old_model = self._svc_model.get(slot)
+            by_ident = {(dm.addr, dm.port): dm for dm in svc.dests}
+            old_by_ident = {(dm.addr, dm.port): dm for dm in old_model.dests} if old_model else {}
+            slot_ident = {v: k for k, v in old.items()}
+            self._pending[slot] = (
+                [("del_dest", old_by_ident.get(ident)) for ident, _ in gone]
+                + [("upd_dest", by_ident[slot_ident[x]]) for x in edited if x not in added_set]
+                + [("add_dest", by_ident[slot_ident[x]]) for x in added]
+                + ([("update", None)] if reordered else []))
         # the list in config order (newest first), then the hooks, one per change
         arr = <lvs_dest **>malloc((len(svc.dests) + 1) * sizeof(lvs_dest *))
         if arr == NULL:

@@ -39,19 +39,36 @@ Differences from the kernel, on purpose:
 ICMP errors about our IPv4 IP-in-IP packets are relayed to the client from the VIP, a reported
 MTU less the tunnel's 20 bytes (ip_vs_in_icmp); relayed frames carry no VLAN tag.
 
+Configuration changes are deltas (``publish``): a service is the same service while its key
+is, a dest the same dest object while its (address, port) is, so an edit changes the object in
+place and its connections and counters stay.  A deleted dest is only dropped from its service;
+a connection bound to a dest that is no longer its service's is "gone": not listed, not
+counted, freed by the first lookup or sweep that meets it (the compiled core's slots with
+reference counts, without the memory management).  Schedulers hear add_dest / del_dest /
+upd_dest for their own service's changes only.
+
 Every helper returns plain values; no exception escapes ``process``: anything unexpected in a
 frame is a counted drop.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import ipaddress
 import struct
 from typing import Callable, Optional
 
 from lvsuser import model
 from lvsuser.schedulers.base import PacketInfo, report_schedule_error
-from lvsuser.fastpath.config import MODE_L2, CoreConfig, DestRoute
+from lvsuser.fastpath.config import (MODE_L2, CoreConfig, DestRoute, StateError, packed_routes,
+                                     service_signature)
+from lvsuser.fastpath.constants import (COUNTER_NAMES, EST_INTERVAL, EXPIRE_MAX_FREED, EXPIRE_SLOTS,
+                                        TCP_STATE_NAMES, addr_from_bytes, default_scheduler_factory,
+                                        tcp_timeouts)
+
+__all__ = ["Core", "PASS", "DROP", "TX", "REPLY", "VERDICT_NAMES", "COUNTER_NAMES",
+           "TCP_STATE_NAMES", "TCP_STATES", "EST_INTERVAL", "EXPIRE_SLOTS", "EXPIRE_MAX_FREED",
+           "tcp_timeouts", "tcp_event", "CoreConfig", "DestRoute"]
 
 # ------------------------------------------------------------------------------ public constants
 PASS = 0
@@ -60,53 +77,12 @@ TX = 2
 REPLY = 3
 VERDICT_NAMES = {PASS: "PASS", DROP: "DROP", TX: "TX", REPLY: "REPLY"}
 
-# Per-reason counters: the same names, in the same order, in both cores.
-COUNTER_NAMES = (
-    "rx",                  # frames seen
-    "pass_not_ip",         # not IPv4/IPv6/ARP: left to the kernel
-    "pass_not_service",    # IP, but to no virtual service and no NAT reply
-    "eth_truncated",
-    "ip_truncated",
-    "ip_bad_version",
-    "ip_bad_header",       # IHL < 5, total length inconsistent
-    "ip_bad_checksum",
-    "ip6_bad_ext",         # IPv6 extension header chain malformed / too long
-    "fragment",            # fragment to a VIP: no reassembly in user space
-    "l4_truncated",
-    "l4_unsupported",      # a protocol other than TCP/UDP to a VIP
-    "tcp_not_syn",         # TCP to a service without a connection and without SYN: kernel's local stack
-    "no_scheduler",
-    "no_dest",             # the scheduler found no real server: ICMP port unreachable sent
-    "no_route",            # the real server has no route in the config
-    "table_full",
-    "ttl_exceeded",        # TTL/hop limit <= 1: ICMP time exceeded sent
-    "frag_needed",         # too big with DF / IPv6: ICMP fragmentation needed / packet too big sent
-    "needs_fragmentation", # too big without DF: dropped (the kernel would fragment)
-    "icmp_error_in",       # ICMP errors forwarded to a real server
-    "icmp_error_out",      # ICMP errors forwarded to a client (NAT)
-    "icmp_bad",            # ICMP error with a malformed quote
-    "icmp_not_conn",       # ICMP error quoting no known connection
-    "arp_reply",
-    "nd_advert",
-    "conn_new",
-    "conn_reused",         # port reuse in TIME_WAIT/CLOSE: old connection expired, rescheduled
-    "conn_expired",
-    "conn_dest_gone",      # expired because its real server was deleted
-    "fwd_in",
-    "fwd_out",
-    "no_room",             # C core only: a driver's frame slot has no room for the result
-    "icmp_ratelimited",    # an ICMP error not sent: over the kernel's global ICMP rate
-    "one_packet",          # UDP with -o (one-packet scheduling): connection dropped after use
-    "local_node",          # to a local-node dest: handed to the director's own stack (PASS)
-    "icmp_tunnel",         # an ICMP error about our IP-in-IP packet, relayed to the client
-    "scheduler_error",     # a plugin scheduler raised: logged, the connection counted in no_dest
-)
+# Per-reason counters (COUNTER_NAMES) and the names below come from fastpath/constants.py,
+# which both cores share.
 
 # TCP states (IP_VS_TCP_S_*) and their names in listings.
 S_NONE, S_ESTABLISHED, S_SYN_SENT, S_SYN_RECV, S_FIN_WAIT, S_TIME_WAIT, S_CLOSE, S_CLOSE_WAIT, \
     S_LAST_ACK, S_LISTEN, S_SYNACK = range(11)
-TCP_STATE_NAMES = ("NONE", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT", "TIME_WAIT", "CLOSE",
-                   "CLOSE_WAIT", "LAST_ACK", "LISTEN", "SYNACK")
 
 # tcp_states[] of ip_vs_proto_tcp.c: rows (direction offset + event), columns the current state.
 _sNO, _sES, _sSS, _sSR, _sFW, _sTW, _sCL, _sCW, _sLA, _sLI, _sSA = range(11)
@@ -128,11 +104,6 @@ TCP_STATES = (
     (_sCL, _sCL, _sCL, _sSR, _sCL, _sCL, _sCL, _sCL, _sLA, _sLI, _sCL),
 )
 DIR_INPUT, DIR_OUTPUT, DIR_INPUT_ONLY = 0, 4, 8
-
-
-def tcp_timeouts(timeouts: model.Timeouts) -> tuple:
-    """Seconds per TCP state: the kernel's table with `--set tcp tcpfin` applied."""
-    return (2, timeouts.tcp, 120, 60, timeouts.tcp_fin, 120, 10, 60, 30, 120, 120)
 
 
 def tcp_event(flags: int) -> int:
@@ -158,13 +129,6 @@ IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6 = 1, 58, 4, 41
 ICMP_DEFAULT_TTL = 64  # net.ipv4.ip_default_ttl / IPv6 hop limit for our own ICMP errors
 ICMP4_QUOTE_MAX = 576 - 20 - 8  # icmp_send: room in a 576-byte datagram
 ICMP6_QUOTE_MAX = 1280 - 40 - 8  # icmp6_send: the IPv6 minimum MTU
-EST_INTERVAL = 2.0  # ip_vs_est: rates are sampled every 2 seconds
-# One default expire() call does bounded work (it holds the core lock, so the datapath waits):
-# the compiled core visits at most EXPIRE_SLOTS table slots, and both cores free at most
-# EXPIRE_MAX_FREED entries (plus a template whose last connection went); the drivers call
-# expire() often enough that this still keeps up with heavy churn (io.pxi).
-EXPIRE_SLOTS = 1 << 15
-EXPIRE_MAX_FREED = 1024
 FTP_PORT = 21  # ip_vs_sched_persist keys FTP templates without the port
 ICMP_PER_SEC, ICMP_BURST, ICMP_REFILL_MS = 1000, 50, 20  # net.ipv4.icmp_msgs_per_sec/_burst, HZ/50
 
@@ -324,9 +288,7 @@ def _ms(now: float) -> int:
 LIST_CHUNK = 4096
 LIST_CHUNK_MAX = 65536
 
-
-def _addr(af: int, raw: bytes) -> model.IPAddress:
-    return ipaddress.IPv4Address(raw) if af == model.AF_INET else ipaddress.IPv6Address(raw)
+_addr = addr_from_bytes
 
 
 # ------------------------------------------------------------------------------ connection state
@@ -370,45 +332,64 @@ class _Estimator:
 
 
 class _ServiceState:
-    """A published service: a private copy whose dests carry the live counters."""
+    """A running service: a private copy whose dests carry the live counters.  It is edited in
+    place by publish; a dest object stays while its (address, port) stays, and a connection is
+    bound to the dest object itself (its "slot")."""
 
-    def __init__(self, svc: model.Service, scheduler):
+    def __init__(self, svc: model.Service, scheduler, sig):
         self.svc = svc
         self.scheduler = scheduler
+        self.sig = sig                  # config.service_signature of what was published
+        self.by_id = {(d.addr, d.port): d for d in svc.dests}
         self.est = _Estimator()
         self.dest_est = {}  # (addr, port) -> _Estimator
 
 
-def _reuse_scheduler(prev, svc: model.Service):
-    """The previous scheduler instance of the same name, re-pointed at the new service and told
-    its dests changed (update_service): scheduler state such as rr's cursor survives edits."""
-    if prev is None or prev.scheduler is None or prev.svc.scheduler != svc.scheduler:
-        return None
-    scheduler = prev.scheduler
+def _fresh_dest(dest: model.Dest) -> model.Dest:
+    """A new dest of the running config: the configured fields, run-time state from zero."""
+    return dataclasses.replace(dest, activeconns=0, inactconns=0, persistconns=0,
+                               flags=model.DEST_F_AVAILABLE, stats=model.Stats())
+
+
+_DEST_CONFIG_FIELDS = ("fwd", "weight", "u_threshold", "l_threshold", "tun_type", "tun_port",
+                       "tun_flags", "af")
+
+
+def _tell_scheduler(scheduler, hook: str, dest: Optional[model.Dest]) -> bool:
+    """Call the scheduler's add_dest/del_dest/upd_dest (the kernel's hooks), else update();
+    False if it raised (the caller then starts a fresh scheduler)."""
     try:
-        scheduler.service = svc
-        scheduler.update()
+        method = getattr(scheduler, hook, None) if dest is not None else None
+        if method is not None:
+            method(dest)
+        else:
+            scheduler.update()
     except Exception:
-        return None
-    return scheduler
+        return False
+    return True
 
 
-def _default_scheduler_factory(name: str, service: model.Service):
-    from lvsuser import schedulers
-    return schedulers.create(name, service)
+# Kept for callers of the old private name; the factory lives in fastpath/constants.py.
+_default_scheduler_factory = default_scheduler_factory
 
 
 class Core:
     """The datapath core (see the module docstring)."""
 
     def __init__(self, max_conns: int = 1 << 20,
-                 scheduler_factory: Optional[Callable[[str, model.Service], object]] = None):
+                 scheduler_factory: Optional[Callable[[str, model.Service], object]] = None,
+                 state_path=None, fresh: bool = False):
         if max_conns <= 0:
             raise ValueError("max_conns must be positive")
+        if state_path is not None:
+            raise StateError(f"the pure-Python core keeps no state file ({state_path}): use "
+                             "lvsuser._fastpath.Core for state that outlives the process")
         self.max_conns = max_conns
-        self._scheduler_factory = scheduler_factory or _default_scheduler_factory
+        self.state_path = None        # the same attributes as the compiled core's
+        self.adopted = False
+        self._scheduler_factory = scheduler_factory or default_scheduler_factory
         self._config = CoreConfig()
-        self._services: dict = {}     # ServiceKey -> _ServiceState
+        self._services: dict = {}     # ServiceKey -> _ServiceState, in config order
         self._by_addr: dict = {}      # (af, proto, addr bytes, port) -> _ServiceState
         self._by_mark: dict = {}      # (af, mark) -> _ServiceState
         self._routes: dict = {}       # addr bytes -> DestRoute
@@ -416,6 +397,8 @@ class Core:
         self._conn_in: dict = {}
         self._conn_out: dict = {}
         self._templates: dict = {}
+        self._dead = 0                # entries whose dest is gone, not freed yet
+        self._orphans: dict = {}      # id -> such a template displaced from _templates
         self._counters = dict.fromkeys(COUNTER_NAMES, 0)
         self._tcp_timeouts = tcp_timeouts(model.Timeouts())
         self._udp_timeout = model.Timeouts().udp
@@ -425,65 +408,149 @@ class Core:
         self.generation = 0
 
     # ---------------------------------------------------------------- configuration
-    def publish(self, config: CoreConfig) -> None:
+    def publish(self, config: CoreConfig) -> int:
+        """Apply what differs between `config` and the running configuration, in place.
+
+        A service is the same when its key is, a dest when its (address, port) is.  Unchanged
+        services are not touched; edited dests keep their counters and connections; a deleted
+        dest is only dropped from its service: its connections are not there any more (a
+        lookup or the sweep frees them, listings skip them) -- no walk over the connection
+        table.  The scheduler of a changed service hears of each change (del_dest, upd_dest,
+        add_dest, else update()).  Returns the new generation.  Bad input raises ValueError
+        before anything changes."""
         config.validate()
-        old_services = self._services
+        routes = packed_routes(config.routes)
+        plan = []
+        for svc_in in config.services:
+            sig = service_signature(svc_in, routes)
+            state = self._services.get(svc_in.key)
+            if state is None or state.sig != sig:
+                plan.append((svc_in, state, sig))
+        keys = {svc.key for svc in config.services}
+        for key, state in self._services.items():
+            if key not in keys:
+                for dest in state.svc.dests:
+                    self._retire_dest(dest)
+        changed = {}
+        for svc_in, state, sig in plan:
+            changed[svc_in.key] = self._apply_service(svc_in, state, sig, routes)
         services, by_addr, by_mark = {}, {}, {}
         for svc_in in config.services:
-            svc = copy.deepcopy(svc_in)
-            prev = old_services.get(svc.key)
-            for dest in svc.dests:
-                # keep the live counters of a dest that stays
-                old = prev.svc.find_dest(dest.addr, dest.port) if prev else None
-                dest.activeconns = old.activeconns if old else 0
-                dest.inactconns = old.inactconns if old else 0
-                dest.persistconns = old.persistconns if old else 0
-                dest.flags = (old.flags if old else 0) | model.DEST_F_AVAILABLE
-                dest.stats = old.stats if old else model.Stats()
-            svc.stats = prev.svc.stats if prev else model.Stats()
-            scheduler = _reuse_scheduler(prev, svc)
-            if scheduler is None:
-                try:
-                    scheduler = self._scheduler_factory(svc.scheduler, svc)
-                except Exception:  # unknown scheduler: the service gets no new connections
-                    scheduler = None
-            state = _ServiceState(svc, scheduler)
-            if prev:
-                state.est, state.dest_est = prev.est, prev.dest_est
-            services[svc.key] = state
-            if svc.fwmark:
-                by_mark[(svc.af, svc.fwmark)] = state
+            state = changed.get(svc_in.key) or self._services[svc_in.key]
+            services[svc_in.key] = state
+            if state.svc.fwmark:
+                by_mark[(state.svc.af, state.svc.fwmark)] = state
             else:
-                by_addr[(svc.af, svc.protocol, svc.addr.packed, svc.port)] = state
+                by_addr[(state.svc.af, state.svc.protocol, state.svc.addr.packed, state.svc.port)] = state
         self._services, self._by_addr, self._by_mark = services, by_addr, by_mark
-        self._routes = {ipaddress.ip_address(a).packed: r for a, r in config.routes.items()}
+        self._routes = routes
         self._proxy = {(ifx, ipaddress.ip_address(a).packed): True
                        for ifx, addrs in config.proxy_vips.items() for a in addrs}
         self._config = config
         self._tcp_timeouts = tcp_timeouts(config.timeouts)
         self._udp_timeout = config.timeouts.udp
-        # Re-bind every connection to its dest in the new tables; expire those whose dest is gone.
-        for conn in list(self._templates.values()) + list(self._conn_in.values()):
-            state = services.get(conn.svc)
-            old = conn.dest
-            dest = state.svc.find_dest(old.addr, old.port) if state and old else None
-            if dest is None:
-                self._counters["conn_dest_gone"] += 1
-                conn.dest = None
-                self._expire_conn(conn)
-            else:
-                conn.dest = dest
-        for conn in self._conn_in.values():
-            if conn.control is not None and conn.control.dest is None:
-                conn.control = None  # its template went with its real server
-        for state in services.values():
-            for dest in state.svc.dests:
-                total = dest.activeconns + dest.inactconns
-                if dest.u_threshold and total >= dest.u_threshold:
-                    dest.flags |= model.DEST_F_OVERLOAD
-                else:
-                    self._clear_overload(dest)
         self.generation += 1
+        return self.generation
+
+    def running_generation(self) -> int:
+        """The generation the datapath runs: this core applies a publish at once."""
+        return self.generation
+
+    def _retire_dest(self, dest: model.Dest) -> None:
+        """ip_vs_del_dest: what is bound to it is gone from now on (counted), freed later."""
+        bound = dest.activeconns + dest.inactconns + dest.persistconns
+        self._counters["conn_dest_gone"] += bound
+        self._dead += bound
+        dest.flags &= ~model.DEST_F_AVAILABLE
+
+    def _apply_service(self, svc_in: model.Service, state: Optional[_ServiceState], sig,
+                       routes: dict):
+        """A new service, or `state` brought to `svc_in` in place; returns the state."""
+        if state is None:
+            svc = dataclasses.replace(svc_in, dests=[_fresh_dest(d) for d in svc_in.dests],
+                                      stats=model.Stats())
+            try:
+                scheduler = self._scheduler_factory(svc.scheduler, svc)
+            except Exception:  # unknown scheduler: the service gets no new connections
+                scheduler = None
+            return _ServiceState(svc, scheduler, sig)
+        svc = state.svc
+        same_scheduler = state.scheduler is not None and svc.scheduler == svc_in.scheduler
+        scheduler = state.scheduler if same_scheduler else None
+        svc.scheduler, svc.flags, svc.timeout = svc_in.scheduler, svc_in.flags, svc_in.timeout
+        svc.netmask, svc.pe_name = svc_in.netmask, svc_in.pe_name
+        # In the compiled core's order, so that schedulers see the same lists in both cores:
+        # 1. deleted dests leave the list one by one, each told with del_dest;
+        ids = {(d.addr, d.port) for d in svc_in.dests}
+        removed = [d for key, d in state.by_id.items() if key not in ids]
+        for dest in removed:
+            svc.dests.remove(dest)
+            self._retire_dest(dest)
+            state.dest_est.pop((dest.addr, dest.port), None)
+            if scheduler is not None and not _tell_scheduler(scheduler, "del_dest", dest):
+                scheduler = None
+        kept_order = [id(d) for d in svc.dests]
+        # 2. edits in place (config, route, overload), new dests made;
+        new_list, added, edited = [], [], []
+        for dest_in in svc_in.dests:
+            dest = state.by_id.get((dest_in.addr, dest_in.port))
+            if dest is None:
+                dest = _fresh_dest(dest_in)
+                added.append(dest)
+                self._settle_overload(dest)
+            else:
+                before = tuple(getattr(dest, f) for f in _DEST_CONFIG_FIELDS) + (dest.flags,)
+                for field in _DEST_CONFIG_FIELDS:
+                    setattr(dest, field, getattr(dest_in, field))
+                self._settle_overload(dest)
+                packed = dest.addr.packed
+                if tuple(getattr(dest, f) for f in _DEST_CONFIG_FIELDS) + (dest.flags,) != before \
+                        or self._routes.get(packed) != routes.get(packed):
+                    edited.append(dest)
+            new_list.append(dest)
+        # 3. the final list (the scheduler reads this very list), then upd_dest, add_dest, and
+        #    update() if the kept dests changed order (the kernel never reorders; a config may)
+        fresh = {id(d) for d in added}
+        reordered = [id(d) for d in new_list if id(d) not in fresh] != kept_order
+        svc.dests[:] = new_list
+        state.by_id = {(d.addr, d.port): d for d in new_list}
+        state.sig = sig
+        calls = ([("upd_dest", d) for d in edited] + [("add_dest", d) for d in added]
+                 + ([("update", None)] if reordered else []))
+        for hook, dest in calls:
+            if scheduler is not None and not _tell_scheduler(scheduler, hook, dest):
+                scheduler = None
+        if scheduler is None:
+            try:
+                scheduler = self._scheduler_factory(svc.scheduler, svc)
+            except Exception:
+                scheduler = None
+        state.scheduler = scheduler
+        return state
+
+    def _settle_overload(self, dest: model.Dest) -> None:
+        """Overload by the thresholds, as bind (set) and unbind (clear) would leave it."""
+        total = dest.activeconns + dest.inactconns
+        if dest.u_threshold and total >= dest.u_threshold:
+            dest.flags |= model.DEST_F_OVERLOAD
+        else:
+            self._clear_overload(dest)
+
+    def _gone(self, conn: _Conn) -> bool:
+        """Its real server was deleted (or its service): the entry is not there any more."""
+        dest = conn.dest
+        if dest is None:
+            return False
+        state = self._services.get(conn.svc)
+        return state is None or state.by_id.get((dest.addr, dest.port)) is not dest
+
+    def _reap(self, conn: _Conn, now: float) -> bool:
+        """Free `conn` if its dest is gone (a template once it controls nothing); True if gone."""
+        if not self._gone(conn):
+            return False
+        if not (conn.flags & CONN_F_TEMPLATE and conn.n_control):
+            self._expire_conn(conn, now)
+        return True
 
     # ---------------------------------------------------------------- the packet path
     def process(self, frame: bytes, ifindex: int, now: float, csum_partial: bool = False):
@@ -532,6 +599,8 @@ class Core:
             return self._icmp(pkt, ifindex, now)
         if pkt.proto in (model.IPPROTO_TCP, model.IPPROTO_UDP) and not pkt.fragment and pkt.sport >= 0:
             conn = self._conn_out.get((pkt.proto, pkt.af, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport))
+            if conn is not None and self._reap(conn, now):
+                conn = None
             if conn is not None and conn.expires > _ms(now):
                 return self._reply_out(pkt, conn, now, csum_partial)
         mark = self._mark_of(pkt)
@@ -552,6 +621,8 @@ class Core:
             raise _Reject("l4_truncated")
         key = (pkt.proto, pkt.af, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport)
         conn = self._conn_in.get(key)
+        if conn is not None and self._reap(conn, now):
+            conn = None  # its real server was deleted: the connection is not there any more
         if conn is not None and conn.expires <= _ms(now):
             self._counters["conn_expired"] += 1
             self._expire_conn(conn, now)
@@ -635,6 +706,8 @@ class Core:
         if svc.persistent:
             tkey = self._template_key(svc, pkt)
             template = self._templates.get(tkey)
+            if template is not None and self._reap(template, now):
+                template = None
             if template is not None and (template.expires <= _ms(now) and not template.n_control):
                 self._expire_conn(template, now)
                 template = None
@@ -653,6 +726,11 @@ class Core:
                 template.tkey = tkey
                 template.timeout = svc.timeout
                 template.expires = _ms(now) + svc.timeout * 1000
+                displaced = self._templates.get(tkey)
+                if displaced is not None:
+                    # a template of a deleted real server that still controls connections:
+                    # kept aside until the last of them goes (as it stays in the C table)
+                    self._orphans[id(displaced)] = displaced
                 self._templates[tkey] = template
             dport = dest.port if (pkt.dport == svc.port and dest.port) else pkt.dport
         else:
@@ -737,8 +815,12 @@ class Core:
     def _expire_conn(self, conn: _Conn, now: Optional[float] = None) -> None:
         """ip_vs_conn_expire + ip_vs_unbind_dest: unhash, uncount, release the template.  A
         template whose last connection goes and whose own time is up goes too."""
+        if self._gone(conn):
+            self._dead -= 1
         if conn.flags & CONN_F_TEMPLATE:
-            self._templates.pop(conn.tkey, None)
+            if self._templates.get(conn.tkey) is conn:
+                del self._templates[conn.tkey]
+            self._orphans.pop(id(conn), None)
         else:
             if self._conn_in.get(conn.in_key()) is conn:
                 del self._conn_in[conn.in_key()]
@@ -750,6 +832,9 @@ class Core:
             template.last_end = max(template.last_end, conn.expires)
             conn.control = None
         self._unbind(conn)
+        if template is not None and not template.n_control and self._gone(template):
+            self._expire_conn(template, now)  # counted when its real server went
+            return
         if template is not None and not template.n_control and now is not None \
                 and template.dest is not None:
             # while any of its connections lived, every firing of the template's timer re-armed
@@ -1023,7 +1108,7 @@ class Core:
         # "For IPIP this is error for request, not for reply": the quote is client -> VIP.
         conn = self._conn_in.get((orig.proto, model.AF_INET, orig.saddr, sport, orig.daddr, dport))
         if conn is None or conn.expires <= _ms(now) or conn.fwd != model.Forward.TUNNEL \
-                or pkt.daddr != tunnel.saddr:
+                or pkt.daddr != tunnel.saddr or self._gone(conn):
             self._counters["icmp_not_conn"] += 1
             return (PASS, None, 0)
         icmp_type, code = buf[pkt.l4], buf[pkt.l4 + 1]
@@ -1075,12 +1160,13 @@ class Core:
         # in: the quote is our reply VIP->client, so the connection is (client, VIP) reversed.
         conn = self._conn_in.get((inner.proto, inner.af, inner.daddr, inner.dport,
                                   inner.saddr, inner.sport))
-        if conn is not None and conn.expires > _ms(now) and pkt.daddr == conn.vaddr:
+        if conn is not None and conn.expires > _ms(now) and pkt.daddr == conn.vaddr \
+                and not self._gone(conn):
             return self._icmp_in(pkt, inner, conn, ifindex)
         # out: the quote is client->real server, the error comes from the real server side (NAT).
         conn = self._conn_out.get((inner.proto, inner.af, inner.daddr, inner.dport,
                                    inner.saddr, inner.sport))
-        if conn is not None and conn.expires > _ms(now):
+        if conn is not None and conn.expires > _ms(now) and not self._gone(conn):
             return self._icmp_out(pkt, inner, conn)
         self._counters["icmp_not_conn"] += 1
         return (PASS, None, 0)
@@ -1209,8 +1295,13 @@ class Core:
         for conn in list(self._templates.values()) + list(self._conn_in.values()):
             if max_freed is not None and self._counters["conn_expired"] - before >= max_freed:
                 break
-            if conn.dest is None or conn.expires > now_ms:
-                continue  # already gone (with its last connection), or not due
+            if conn.dest is None:
+                continue  # already gone (with its last connection)
+            if self._gone(conn):
+                self._reap(conn, now)  # its real server was deleted: freed in passing
+                continue
+            if conn.expires > now_ms:
+                continue  # not due
             if conn.flags & CONN_F_TEMPLATE and conn.n_control:
                 # expire_later: while it controls connections the kernel's timer keeps re-arming
                 # it; the last connection to go settles its real expiry (_expire_conn)
@@ -1258,7 +1349,8 @@ class Core:
         if limit <= 0:
             raise ValueError("limit must be positive")
         limit = min(limit, LIST_CHUNK_MAX)
-        conns = list(self._templates.values()) + list(self._conn_in.values())
+        conns = [conn for conn in list(self._templates.values()) + list(self._conn_in.values())
+                 if not self._gone(conn)]   # a deleted real server's: not listed (see _gone)
         rows = [self._connection_row(conn, now) for conn in conns[cursor:cursor + limit]]
         following = cursor + limit
         return rows, (following if following < len(conns) else 0)
@@ -1321,4 +1413,4 @@ class Core:
         return [self.process(frame, ifindex, now) for frame, ifindex in frames]
 
     def conn_count(self) -> int:
-        return len(self._conn_in) + len(self._templates)
+        return len(self._conn_in) + len(self._templates) + len(self._orphans) - self._dead

@@ -97,9 +97,14 @@ def _load_core(max_conns: int = DEFAULT_MAX_CONNS, state_path: Optional[str] = N
         from lvsuser import _fastpath
 
         if hasattr(_fastpath, "Core"):
-            # TODO(core merge): once branch `core` adds Core(state_path=...), this line becomes
-            #   return _fastpath.Core(max_conns=max_conns, state_path=state_path)
-            return _fastpath.Core(max_conns=max_conns)
+            if state_path is None:
+                return _fastpath.Core(max_conns=max_conns)
+            os.makedirs(os.path.dirname(state_path), mode=0o700, exist_ok=True)
+            try:
+                return _fastpath.Core(max_conns=max_conns, state_path=state_path)
+            except cfg.StateError as exc:
+                raise BackendUnavailable(f"{exc} (`lvsuser run --clean` starts afresh and "
+                                         f"discards it).") from exc
     except ImportError:
         pass
     try:

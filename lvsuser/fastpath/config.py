@@ -6,9 +6,10 @@ The core never looks anything up in the kernel.  The control side (the I/O-drive
 director) gathers every fact the per-packet path needs -- the virtual services with their real
 servers in kernel order, and how to reach each real server (egress interface, MACs, MTU) as the
 kernel's routes and neighbours say -- and publishes it whole.  The core compiles it into its own
-tables (C arrays in ``lvsuser._fastpath``, dicts in ``lvsuser.pyfastpath``) and adopts it between
-batches.  Connections survive a publish: they are re-bound to the dest with the same
-(address, port) in the new config; connections whose dest is gone are expired.
+tables (C slots in ``lvsuser._fastpath``, objects in ``lvsuser.pyfastpath``) by applying only what
+differs from the running configuration, between batches.  Connections survive a publish: a
+service is the same service when its key is, a dest the same dest when its (address, port) is;
+connections whose dest is gone are expired.
 
 Everything here is a plain dataclass of model objects, ``ipaddress`` objects, ints and bytes;
 ``validate()`` rejects bad input with a ``ValueError`` naming the field, before the core sees it.
@@ -24,6 +25,10 @@ from lvsuser import model
 # Frame formats the drivers hand to the core.
 MODE_L2 = "l2"  # Ethernet frames (AF_PACKET rings): the core rewrites MACs itself
 MODE_L3 = "l3"  # bare IPv4/IPv6 packets (TUN device): the kernel routes what the core emits
+
+
+class StateError(Exception):
+    """A datapath state file that this core cannot adopt (another layout, other sizes, in use)."""
 
 
 @dataclasses.dataclass
@@ -84,9 +89,6 @@ class CoreConfig:
         """Raise ValueError naming the first bad field; the core's state is untouched then."""
         if self.mode not in (MODE_L2, MODE_L3):
             raise ValueError(f"mode must be {MODE_L2!r} or {MODE_L3!r}, not {self.mode!r}")
-        # The compiled core keeps a connection's service and dest as 16-bit indices.
-        if len(self.services) > 65535:
-            raise ValueError(f"{len(self.services)} services: at most 65535 are supported")
         seen = set()
         for svc in self.services:
             if not isinstance(svc, model.Service):
@@ -107,7 +109,12 @@ class CoreConfig:
                 raise ValueError(f"service {svc.key}: bad port {svc.port}")
             if len(svc.dests) > 65535:
                 raise ValueError(f"service {svc.key}: at most 65535 real servers are supported")
+            dest_ids = set()
             for dest in svc.dests:
+                # a dest is its (address, port) within its service, as ip_vs_lookup_dest has it
+                if (dest.addr, dest.port) in dest_ids:
+                    raise ValueError(f"service {svc.key}: dest {dest.addr}:{dest.port} is listed twice")
+                dest_ids.add((dest.addr, dest.port))
                 if not 0 <= dest.port <= 65535:
                     raise ValueError(f"service {svc.key}: dest {dest.addr} bad port {dest.port}")
                 if dest.weight < 0:
@@ -116,7 +123,7 @@ class CoreConfig:
                                          model.Forward.ROUTE, model.Forward.LOCALNODE):
                     raise ValueError(f"service {svc.key}: dest {dest.addr} bad forward {dest.fwd}")
         for addr, route in self.routes.items():
-            ipaddress.ip_address(addr)
+            packed_address(addr)
             if len(route.src_mac) != 6 or len(route.dst_mac) != 6:
                 raise ValueError(f"route to {addr}: MACs must be 6 bytes")
             if not 68 <= route.mtu <= 65535:
@@ -127,3 +134,39 @@ class CoreConfig:
         for name in ("tcp", "tcp_fin", "udp"):
             if getattr(self.timeouts, name) <= 0:
                 raise ValueError(f"timeouts.{name} must be positive")
+
+
+def service_signature(svc: model.Service, routes: dict) -> tuple:
+    """Everything of a configured service the cores use, as one comparable value; equal
+    signatures mean a publish has nothing to do for that service.  ``routes`` maps packed
+    addresses to ``DestRoute``.  Run-time fields (counts, stats) are not part of it."""
+    dests = []
+    for d in svc.dests:
+        r = routes.get(d.addr.packed)
+        route = None if r is None else (r.ifindex, bytes(r.src_mac), bytes(r.dst_mac), r.mtu,
+                                        r.src_addr)
+        dests.append((d.addr, d.port, int(d.fwd), d.weight, d.u_threshold, d.l_threshold,
+                      int(d.tun_type), d.tun_port, d.tun_flags))
+        dests.append(route)
+    return (svc.scheduler, svc.flags, svc.timeout, svc.netmask, svc.pe_name, tuple(dests))
+
+
+def private_copy(svc: model.Service) -> model.Service:
+    """A core's own copy of a configured service: new Service and Dest objects (so later
+    changes to the caller's objects do not reach the core) sharing the immutable field values,
+    with fresh stats.  Much cheaper than a deepcopy, and O(dests of that service)."""
+    return dataclasses.replace(
+        svc, stats=model.Stats(),
+        dests=[dataclasses.replace(d, stats=model.Stats()) for d in svc.dests])
+
+
+def packed_address(addr) -> bytes:
+    """The packed form of an address given as an ipaddress object or as text/int."""
+    if isinstance(addr, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        return addr.packed
+    return ipaddress.ip_address(addr).packed
+
+
+def packed_routes(routes: dict) -> dict:
+    """``CoreConfig.routes`` keyed by packed address, as both cores look routes up."""
+    return {packed_address(a): r for a, r in routes.items()}

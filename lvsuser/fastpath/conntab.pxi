@@ -24,14 +24,15 @@
 # number of slots and of freed entries per call (all of them with budget=0), so no call ever
 # stalls on a large table.
 #
-# The real server is not stored: (svc, dest) index the published tables, and daddr is read
-# from there.  A publish re-maps these indices for every entry (and expires entries whose real
-# server is gone) under the core lock.
+# The real server is not stored: `dest` is its slot in the core's dest pool (core.pxi), which
+# stays put while the entry points at it (a reference count); daddr and the service are read
+# from the slot.  A rule change never visits entries: an entry whose dest slot is marked gone
+# is freed by the next lookup or sweep that meets it.
 #
 # Layout of lvs_conn (40 bytes; with both hash tables 48..56 bytes an entry in all):
 #    0 caddr[4]    4 vaddr[4]   (IPv4; IPv6: v6addrs[idx] = caddr[16] vaddr[16], see lvs_caddr)
 #    8 cport      10 vport      12 dport   (host order)    14 protocol   15 state
-#   16 flags      18 peer (reverse L2 path, see core.pxi)  20 svc        22 dest
+#   16 flags      18 peer (reverse L2 path, see core.pxi)  20 dest (slot number)
 #   24 expires (ms)   28 next_in   32 next_out
 #   36 control: real connection -> its template's index; template -> number of controlled conns
 
@@ -72,12 +73,20 @@ cdef struct lvs_conn:
     uint8_t state
     uint16_t flags
     uint16_t peer
-    uint16_t svc
-    uint16_t dest
+    uint32_t dest               # dest pool slot (core.pxi)
     uint32_t expires
     uint32_t next_in
     uint32_t next_out
     uint32_t control
+
+# The table's changing scalars: they live with the entries (in the state mapping when the core
+# has one, core.pxi), so a table adopted after a restart is whole.
+cdef struct lvs_conntab_vars:
+    uint32_t free_head          # stack of released entries, through next_in
+    uint32_t high_water         # entries above this were never used (no start-up walk)
+    uint32_t count
+    uint32_t sweep_cursor
+
 
 cdef struct lvs_conntab:
     lvs_conn *entries
@@ -86,10 +95,7 @@ cdef struct lvs_conntab:
     uint32_t *out_heads
     uint8_t *v6addrs            # 32 bytes per index: an IPv6 entry's caddr[16] vaddr[16]
     uint32_t mask
-    uint32_t free_head          # stack of released entries, through next_in
-    uint32_t high_water         # entries above this were never used (no start-up walk)
-    uint32_t count
-    uint32_t sweep_cursor
+    lvs_conntab_vars *v
 
 
 # tcp_states[] of ip_vs_proto_tcp.c (see pyfastpath.TCP_STATES), flattened:
@@ -128,41 +134,28 @@ cdef inline uint32_t lvs_hash_key(uint8_t protocol, const uint8_t *a1, uint16_t 
     return h
 
 
-cdef int lvs_conntab_init(lvs_conntab *t, uint32_t capacity) noexcept nogil:
-    cdef uint32_t size = 16, i
+cdef uint32_t lvs_conntab_hash_size(uint32_t capacity) noexcept nogil:
+    """Heads per hash table: the capacity rounded up to a power of two (at least 16)."""
+    cdef uint32_t size = 16
     while size < capacity:
         size <<= 1
-    t.entries = <lvs_conn *>calloc(<size_t>capacity + 1, sizeof(lvs_conn))
-    t.in_heads = <uint32_t *>calloc(size, sizeof(uint32_t))
-    t.out_heads = <uint32_t *>calloc(size, sizeof(uint32_t))
-    # calloc of this size maps zero pages: resident only where IPv6 entries write
-    t.v6addrs = <uint8_t *>calloc(<size_t>capacity + 1, LVS_V6_SLOT)
-    if t.entries == NULL or t.in_heads == NULL or t.out_heads == NULL or t.v6addrs == NULL:
-        free(t.entries)
-        free(t.in_heads)
-        free(t.out_heads)
-        free(t.v6addrs)
-        t.entries = NULL
-        t.v6addrs = NULL
-        return -1
+    return size
+
+
+cdef void lvs_conntab_attach(lvs_conntab *t, uint32_t capacity, lvs_conn *entries,
+                             uint32_t *in_heads, uint32_t *out_heads, uint8_t *v6addrs,
+                             lvs_conntab_vars *v) noexcept nogil:
+    """Point the table at its memory (zeroed for a new table, or adopted; see core.pxi): the
+    memory is only virtual until entries are used, so a large table costs nothing at start."""
+    t.entries = entries
+    t.in_heads = in_heads
+    t.out_heads = out_heads
+    t.v6addrs = v6addrs
     t.capacity = capacity
-    t.mask = size - 1
-    t.count = 0
-    t.sweep_cursor = 1
-    t.free_head = 0
-    t.high_water = 0
-    return 0
-
-
-cdef void lvs_conntab_free(lvs_conntab *t) noexcept nogil:
-    free(t.entries)
-    free(t.in_heads)
-    free(t.out_heads)
-    free(t.v6addrs)
-    t.entries = NULL
-    t.in_heads = NULL
-    t.out_heads = NULL
-    t.v6addrs = NULL
+    t.mask = lvs_conntab_hash_size(capacity) - 1
+    t.v = v
+    if v.sweep_cursor == 0:
+        v.sweep_cursor = 1
 
 
 cdef inline uint8_t *lvs_caddr(lvs_conntab *t, uint32_t idx) noexcept nogil:
@@ -239,25 +232,25 @@ cdef inline void lvs_conn_unlink_out(lvs_conntab *t, uint32_t idx, const uint8_t
 
 
 cdef inline uint32_t lvs_conn_alloc(lvs_conntab *t) noexcept nogil:
-    cdef uint32_t idx = t.free_head
+    cdef uint32_t idx = t.v.free_head
     if idx:
-        t.free_head = t.entries[idx].next_in
-    elif t.high_water < t.capacity:
-        t.high_water += 1
-        idx = t.high_water
+        t.v.free_head = t.entries[idx].next_in
+    elif t.v.high_water < t.capacity:
+        t.v.high_water += 1
+        idx = t.v.high_water
     else:
         return 0
     memset(&t.entries[idx], 0, sizeof(lvs_conn))
     t.entries[idx].flags = LVS_CONN_USED
-    t.count += 1
+    t.v.count += 1
     return idx
 
 
 cdef inline void lvs_conn_release(lvs_conntab *t, uint32_t idx) noexcept nogil:
     t.entries[idx].flags = 0
-    t.entries[idx].next_in = t.free_head
-    t.free_head = idx
-    t.count -= 1
+    t.entries[idx].next_in = t.v.free_head
+    t.v.free_head = idx
+    t.v.count -= 1
 
 
 cdef inline bint lvs_time_after_eq(uint32_t a, uint32_t b) noexcept nogil:

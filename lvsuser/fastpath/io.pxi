@@ -360,7 +360,7 @@ cdef bint io_core_tick(object core, double now) except -1:
     expire = getattr(core, "expire", None)
     if expire is None:
         return False
-    return (expire(now) or 0) >= _pyfastpath.EXPIRE_MAX_FREED
+    return (expire(now) or 0) >= _constants.EXPIRE_MAX_FREED
 
 
 cdef int io_python_batch(object core, _FrameArena arena, double now) except -1:

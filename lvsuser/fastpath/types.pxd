@@ -6,7 +6,7 @@
 # Ports are network byte order too: the per-packet path compares and copies them
 # without swapping. Counts and weights are host order.
 
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 
 cdef enum:
     LVS_DEST_F_AVAILABLE = 0x0001
@@ -25,10 +25,23 @@ cdef enum:
     LVS_SVC_F_SCHED2 = 0x0010
     LVS_SVC_F_SCHED3 = 0x0020
 
-    LVS_MAX_DESTS = 65536
+    LVS_MAX_DESTS = 65536     # per service (mh's table and the harness assume it)
+
+    # lvs_dest.state / lvs_svc_rec.state: a slot's life (see core.pxi, "slots")
+    LVS_SLOT_FREE = 0
+    LVS_SLOT_USED = 1         # named by the running configuration
+    LVS_SLOT_GONE = 2         # deleted, kept while connections (refcnt) still point at it
 
 
-# One real server of one service, as the scheduler sees it.
+# ip_vs_est: scaled EWMA state (kernel units: rates << 10 for conns/packets, << 5 for bytes).
+cdef struct lvs_est:
+    uint64_t last[5]
+    int64_t rate[5]
+
+
+# One real server of one service, as the scheduler sees it.  It lives in a slot of the core's
+# dest pool that never moves while connections point at it (they hold its slot number), so
+# it holds no pointers: the pool may be a shared file mapping (core.pxi, "state").
 cdef struct lvs_dest:
     uint8_t addr[16]          # real server address, network order
     uint16_t port             # network order
@@ -56,6 +69,15 @@ cdef struct lvs_dest:
     uint64_t outpkts
     uint64_t inbytes
     uint64_t outbytes
+    # The slot itself (core.pxi): identity in the pool, owner, life.
+    uint32_t slot             # this slot's number in the dest pool
+    uint32_t svc              # the service slot it belongs to
+    uint32_t refcnt           # connections and templates bound to it
+    uint32_t state            # LVS_SLOT_*
+    uint32_t next_free        # free-slot stack link
+    uint8_t has_route         # control found a route (or local node): new connections allowed
+    uint8_t src_addr[16]      # tunnel outer source (the kernel's route source)
+    lvs_est est
 
 
 # The packet facts a scheduler may use; the core fills it once per new connection.
@@ -72,12 +94,16 @@ cdef struct lvs_service
 
 
 # A scheduler, as the kernel's struct ip_vs_scheduler: hooks filled by each sched/*.pxi.
-# init/update run under control's lock (with or without the GIL) when dests change;
-# schedule runs per new connection, without the GIL, and returns a dest index or -1.
+# init/update and the dest hooks run under the core lock when dests change; schedule runs
+# per new connection, without the GIL, and returns a dest index (in svc.dests) or -1.
+# add_dest / del_dest / upd_dest (the kernel's hooks of the same names) are told of one dest
+# added, deleted (its slot is still readable) or edited in place, after svc.dests already
+# shows the change; NULL means "call update_service" (the scheduler has nothing smarter).
 ctypedef int (*lvs_sched_init_fn)(lvs_service *svc) noexcept nogil
 ctypedef int (*lvs_sched_update_fn)(lvs_service *svc) noexcept nogil
 ctypedef void (*lvs_sched_done_fn)(lvs_service *svc) noexcept nogil
 ctypedef int (*lvs_sched_schedule_fn)(lvs_service *svc, const lvs_pkt_info *pkt, double now) noexcept nogil
+ctypedef int (*lvs_sched_dest_fn)(lvs_service *svc, lvs_dest *dest) noexcept nogil
 
 cdef struct lvs_scheduler:
     const char *name
@@ -85,6 +111,9 @@ cdef struct lvs_scheduler:
     lvs_sched_update_fn update_service
     lvs_sched_done_fn done_service
     lvs_sched_schedule_fn schedule
+    lvs_sched_dest_fn add_dest
+    lvs_sched_dest_fn del_dest
+    lvs_sched_dest_fn upd_dest
 
 
 cdef struct lvs_service:
@@ -97,11 +126,27 @@ cdef struct lvs_service:
     uint32_t timeout          # persistence timeout, seconds
     uint8_t netmask[16]       # persistence mask, network order (v4 in the first 4 bytes)
     uint32_t num_dests
-    lvs_dest *dests           # array, kernel list order (newest first)
+    lvs_dest **dests          # slots in the dest pool, kernel list order (newest first)
     const lvs_scheduler *sched
     void *sched_data          # the scheduler's private state (rr's cursor, sh's table, ...)
+    uint32_t slot             # this service's slot (its lvs_svc_rec has the same number)
+    uint32_t hnext            # service lookup chain (slot number, 0 = end)
+
+
+# What outlives a process of a service (core.pxi, "state"): identity, life and counters,
+# pointer-free, at the same slot number as the process-local lvs_service.
+cdef struct lvs_svc_rec:
+    uint8_t af
+    uint8_t protocol          # 0 for fwmark services
+    uint16_t port             # network order
+    uint8_t addr[16]
+    uint32_t fwmark
+    uint32_t state            # LVS_SLOT_*
+    uint32_t refcnt           # dest slots (used or gone) that belong to it
+    uint32_t next_free
     uint64_t conns
     uint64_t inpkts
     uint64_t outpkts
     uint64_t inbytes
     uint64_t outbytes
+    lvs_est est

@@ -205,6 +205,7 @@ cdef int lvs_icmp_tunnel(lvs_core *core, lvs_frame *f, lvs_pkt *p, lvs_pkt *tunn
     # "For IPIP this is error for request, not for reply": the quote is client -> VIP.
     idx = lvs_conn_in_find(t, orig.proto, 0, d + orig.saddr_off, sport, d + orig.daddr_off, dport, 4)
     if (idx == 0 or lvs_time_after_eq(lvs_ms(core, now), t.entries[idx].expires)
+            or lvs_conn_gone(core, &t.entries[idx])
             or ((t.entries[idx].flags >> LVS_CONN_FWD_SHIFT) & 7) != LVS_FWD_TUNNEL
             or memcmp(d + p.daddr_off, d + tunnel.saddr_off, 4) != 0):
         return lvs_pass(core, f, C_ICMP_NOT_CONN)
@@ -215,7 +216,7 @@ cdef int lvs_icmp_tunnel(lvs_core *core, lvs_frame *f, lvs_pkt *p, lvs_pkt *tunn
             return lvs_drop(core, f, C_ICMP_BAD)     # the client does not do PMTU discovery
         mtu = info & 0xFFFF
         dest = lvs_conn_dest(core, c)
-        if core.tables.ext[c.svc].dests[c.dest].has_route and (mtu < 68 or dest.mtu < mtu):
+        if dest.has_route and (mtu < 68 or dest.mtu < mtu):
             mtu = dest.mtu                           # the route's (lowered) PMTU is preferred
         if mtu > 68 + 20:
             mtu -= 20
@@ -233,8 +234,7 @@ cdef int lvs_l2_to_dest(lvs_core *core, lvs_frame *f, const lvs_dest *dest) noex
     return LVS_TX
 
 
-cdef int lvs_encapsulate(lvs_core *core, lvs_frame *f, lvs_pkt *p, const lvs_dest *dest,
-                         const lvs_dest_ext *ext) noexcept nogil:
+cdef int lvs_encapsulate(lvs_core *core, lvs_frame *f, lvs_pkt *p, const lvs_dest *dest) noexcept nogil:
     """ip_vs_tunnel_xmit: insert an outer IPv4 (proto 4) / IPv6 (next header 41) header."""
     cdef uint32_t hdr = 40 if p.af == AF_INET6_ else 20
     cdef uint32_t inner_len = p.ip_end - p.l3
@@ -262,7 +262,7 @@ cdef int lvs_encapsulate(lvs_core *core, lvs_frame *f, lvs_pkt *p, const lvs_des
         lvs_put16(o + 6, 0x4000 if df else 0)
         o[8] = inner[8]
         o[9] = PROTO_IPIP
-        memcpy(o + 12, ext.src_addr, 4)
+        memcpy(o + 12, dest.src_addr, 4)
         memcpy(o + 16, dest.addr, 4)
         lvs_ip4_set_checksum(o)
     else:
@@ -270,7 +270,7 @@ cdef int lvs_encapsulate(lvs_core *core, lvs_frame *f, lvs_pkt *p, const lvs_des
         lvs_put16(o + 4, inner_len)
         o[6] = PROTO_IPV6
         o[7] = inner[7]
-        memcpy(o + 8, ext.src_addr, 16)
+        memcpy(o + 8, dest.src_addr, 16)
         memcpy(o + 24, dest.addr, 16)
     return lvs_l2_to_dest(core, f, dest)
 
@@ -279,14 +279,13 @@ cdef int lvs_forward_in(lvs_core *core, lvs_frame *f, lvs_pkt *p, uint32_t idx, 
                         bint csum_partial) noexcept nogil:
     """ip_vs_in after the lookup: stats, state, then the connection's xmit function."""
     cdef lvs_conn *c = &core.conns.entries[idx]
-    cdef lvs_service *svc = &core.tables.services[c.svc]
-    cdef lvs_dest *dest = &svc.dests[c.dest]
-    cdef lvs_dest_ext *ext = &core.tables.ext[c.svc].dests[c.dest]
+    cdef lvs_dest *dest = lvs_conn_dest(core, c)
+    cdef lvs_svc_rec *svc = &core.svc_recs[dest.svc]
     cdef uint32_t ip_len = p.ip_end - p.l3
     cdef int32_t mtu
     cdef uint8_t fwd = (c.flags >> LVS_CONN_FWD_SHIFT) & 7
     cdef uint32_t now_ms = lvs_ms(core, now)
-    if not ext.has_route:
+    if not dest.has_route:
         return lvs_drop(core, f, C_NO_ROUTE)
     svc.inpkts += 1
     svc.inbytes += ip_len
@@ -316,7 +315,7 @@ cdef int lvs_forward_in(lvs_core *core, lvs_frame *f, lvs_pkt *p, uint32_t idx, 
     if fwd == LVS_FWD_MASQ:
         lvs_nat_rewrite(p, dest.addr, c.dport, True, csum_partial)
     elif fwd == LVS_FWD_TUNNEL:
-        return lvs_encapsulate(core, f, p, dest, ext)
+        return lvs_encapsulate(core, f, p, dest)
     return lvs_l2_to_dest(core, f, dest)
 
 
@@ -339,8 +338,8 @@ cdef int lvs_reply_out(lvs_core *core, lvs_frame *f, lvs_pkt *p, uint32_t idx, d
                        bint csum_partial) noexcept nogil:
     """ip_vs_out / handle_response: a NAT reply gets the VIP back as its source."""
     cdef lvs_conn *c = &core.conns.entries[idx]
-    cdef lvs_service *svc = &core.tables.services[c.svc]
-    cdef lvs_dest *dest = &svc.dests[c.dest]
+    cdef lvs_dest *dest = lvs_conn_dest(core, c)
+    cdef lvs_svc_rec *svc = &core.svc_recs[dest.svc]
     cdef uint32_t ip_len = p.ip_end - p.l3
     if p.d[p.hl_off] <= 1:
         return lvs_drop(core, f, C_TTL_EXCEEDED)
@@ -384,7 +383,6 @@ cdef int lvs_icmp(lvs_core *core, lvs_frame *f, lvs_pkt *p, double now) noexcept
     cdef uint32_t idx, h, now_ms = lvs_ms(core, now)
     cdef lvs_conn *c
     cdef lvs_dest *dest
-    cdef lvs_dest_ext *ext
     cdef lvs_conntab *t = &core.conns
     cdef uint8_t caddr[16]
     cdef uint8_t fwd
@@ -410,13 +408,13 @@ cdef int lvs_icmp(lvs_core *core, lvs_frame *f, lvs_pkt *p, double now) noexcept
     idx = lvs_conn_in_find(t, inner.proto, 0, d + inner.daddr_off, inner.dport,
                            d + inner.saddr_off, inner.sport, inner.alen)
     if idx and not lvs_time_after_eq(now_ms, t.entries[idx].expires) \
-            and memcmp(d + p.daddr_off, lvs_vaddr(t, idx), p.alen) == 0:
+            and memcmp(d + p.daddr_off, lvs_vaddr(t, idx), p.alen) == 0 \
+            and not lvs_conn_gone(core, &t.entries[idx]):
         c = &t.entries[idx]
         dest = lvs_conn_dest(core, c)
-        ext = &core.tables.ext[c.svc].dests[c.dest]
         if ((c.flags >> LVS_CONN_FWD_SHIFT) & 7) == LVS_FWD_LOCALNODE:
             return lvs_pass(core, f, C_LOCAL_NODE)
-        if not ext.has_route:
+        if not dest.has_route:
             return lvs_drop(core, f, C_NO_ROUTE)
         if d[p.hl_off] <= 1:
             return lvs_drop(core, f, C_TTL_EXCEEDED)
@@ -431,7 +429,7 @@ cdef int lvs_icmp(lvs_core *core, lvs_frame *f, lvs_pkt *p, double now) noexcept
             return lvs_l2_to_dest(core, f, dest)
         lvs_dec_ttl(p)
         if fwd == LVS_FWD_TUNNEL:
-            return lvs_encapsulate(core, f, p, dest, ext)
+            return lvs_encapsulate(core, f, p, dest)
         return lvs_l2_to_dest(core, f, dest)
     # out: the quote is client -> real server, from the real server's side (NAT only).
     h = lvs_hash_key(inner.proto, d + inner.daddr_off, inner.dport, d + inner.saddr_off,
@@ -443,7 +441,8 @@ cdef int lvs_icmp(lvs_core *core, lvs_frame *f, lvs_pkt *p, double now) noexcept
         if (c.protocol == inner.proto and c.dport == inner.dport and c.cport == inner.sport
                 and ((c.flags & LVS_CONN_V6) != 0) == (inner.alen == 16)
                 and memcmp(dest.addr, d + inner.daddr_off, inner.alen) == 0
-                and memcmp(lvs_caddr(t, idx), d + inner.saddr_off, inner.alen) == 0):
+                and memcmp(lvs_caddr(t, idx), d + inner.saddr_off, inner.alen) == 0
+                and not lvs_conn_gone(core, c)):
             break
         idx = c.next_out
     if idx and not lvs_time_after_eq(now_ms, t.entries[idx].expires):

@@ -84,6 +84,21 @@ class Scheduler:
     def update(self) -> None:
         """The service's dests changed (added, edited or deleted)."""
 
+    # The kernel's per-change hooks: the core calls the one that fits each change of this
+    # service (``service.dests`` already shows it), and only for this service's changes.  A
+    # scheduler with nothing smarter to do rebuilds with update().
+    def add_dest(self, dest: model.Dest) -> None:
+        """`dest` was added to the service."""
+        self.update()
+
+    def del_dest(self, dest: model.Dest) -> None:
+        """`dest` was deleted from the service."""
+        self.update()
+
+    def upd_dest(self, dest: model.Dest) -> None:
+        """`dest` was edited in place (weight, thresholds, method)."""
+        self.update()
+
     def schedule(self, pkt: PacketInfo, now: float) -> Optional[model.Dest]:
         """The dest for a new connection, or None when no dest is available."""
         raise NotImplementedError

@@ -198,3 +198,20 @@ def test_one_packet_scheduling_keeps_no_connection(core_cls):
     assert core.counters()["one_packet"] == 3
     stats = core.services()[0]
     assert stats.stats.conns == 3 and stats.dests[0].inactconns == 0
+
+
+def test_the_compiled_core_shares_constants_not_the_python_twin():
+    """Both cores take their shared names from fastpath/constants.py; importing the compiled
+    core does not import pyfastpath."""
+    import subprocess
+    import sys
+    code = ("import sys, lvsuser._fastpath as c; from lvsuser.fastpath import constants as k; "
+            "assert 'lvsuser.pyfastpath' not in sys.modules, 'pyfastpath imported'; "
+            "assert c.COUNTER_NAMES is k.COUNTER_NAMES")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    from lvsuser import pyfastpath
+    from lvsuser.fastpath import constants
+    assert pyfastpath.COUNTER_NAMES is constants.COUNTER_NAMES
+    assert pyfastpath.TCP_STATE_NAMES is constants.TCP_STATE_NAMES
+    assert pyfastpath.EXPIRE_MAX_FREED == constants.EXPIRE_MAX_FREED

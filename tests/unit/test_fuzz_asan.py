@@ -43,6 +43,34 @@ RUNNER = textwrap.dedent("""
                 del svc.dests[i // 400 % 2]
             core.publish(cfg)
     core.expire(1e6)
+    # rule changes as deltas (slots, refcounts, gone dests) and restarts on a state file
+    import os, tempfile
+    from tests.unit import test_core_deltas as deltas, test_core_state as state
+    for seed in range(4):
+        deltas.test_random_deltas_both_cores_agree(seed)
+        with tempfile.TemporaryDirectory() as tmp:
+            state.test_random_restarts_keep_the_table(os.path.join(tmp, "datapath.map"), seed)
+    # publishes racing batches in another thread (the lock, freed dest lists and slots)
+    import random, threading
+    rng = random.Random(5)
+    core = compiled.Core(max_conns=2048, max_dests=64)
+    core.publish(deltas.random_config(rng))
+    frames = [deltas.random_frame(random.Random(i)) for i in range(1024)]
+    done = threading.Event()
+
+    def traffic():
+        for n in range(4000):
+            core.process_batch(frames[(n * 64) % 960:(n * 64) % 960 + 64], 1.0 + n // 40)
+            if done.is_set():
+                break
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    for _ in range(3000):
+        core.publish(deltas.random_config(rng))
+    done.set()
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    assert sum(r for _, r, _ in core._slots()["dests"].values()) == len(core._entries())
     print("ASAN-OK", total)
 """)
 

@@ -8,6 +8,13 @@
 #   update_service(svc)  after control replaced svc.dests/num_dests (any add/edit/del of a
 #                        dest); sched_data must be kept across the swap -- schedulers that
 #                        remember dests re-find them by (af, addr, port)
+#   add_dest(svc, d) / del_dest(svc, d) / upd_dest(svc, d)
+#                        the kernel's per-change hooks, one call per changed dest of this
+#                        service only, svc.dests already showing the change (a deleted d is
+#                        still readable); NULL = update_service.  Schedulers whose state a
+#                        change cannot concern say so (lvs_stateless_dest: lc, wlc, ..., and
+#                        rr's upd_dest, since an edit keeps identities and order)
+#   svc.dests            pointers to the core's dest slots (types.pxd), which never move
 #   schedule(svc, pkt)   per new connection, no GIL: dest index or -1
 #   done_service(svc)    frees sched_data and sets it to NULL
 # init/update return 0, or -1 when out of memory (the old state then stays usable) or, for mh,

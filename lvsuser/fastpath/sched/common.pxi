@@ -100,7 +100,7 @@ cdef int lvs_keys_of(const lvs_service *svc, lvs_dest_key **out) noexcept nogil:
         if keys == NULL:
             return -1
         for i in range(svc.num_dests):
-            lvs_dest_key_of(&keys[i], &svc.dests[i])
+            lvs_dest_key_of(&keys[i], svc.dests[i])
     out[0] = keys
     return 0
 
@@ -161,6 +161,12 @@ cdef void lvs_stateless_done(lvs_service *svc) noexcept nogil:
     svc.sched_data = NULL
 
 
+cdef int lvs_stateless_dest(lvs_service *svc, lvs_dest *dest) noexcept nogil:
+    # add_dest/del_dest/upd_dest of a scheduler whose state does not depend on the change (rr
+    # keys its cursor by identity, so an edit in place concerns it no more than lc)
+    return 0
+
+
 # The wlc-family search (ip_vs_wlc.c): the first usable dest, then any with a strictly lower
 # overhead/weight, compared as h1*w2 > h2*w1.  use_sed_overhead picks sed's activeconns + 1.
 cdef inline int64_t lvs_family_overhead(const lvs_dest *d, bint use_sed_overhead) noexcept nogil:
@@ -175,7 +181,7 @@ cdef int lvs_weighted_least(const lvs_service *svc, bint use_sed_overhead) noexc
     cdef int64_t loh = 0, doh
     cdef const lvs_dest *d
     for i in range(n):
-        d = &svc.dests[i]
+        d = svc.dests[i]
         if not lvs_dest_overloaded(d) and d.weight > 0:
             least = i
             loh = lvs_family_overhead(d, use_sed_overhead)
@@ -183,7 +189,7 @@ cdef int lvs_weighted_least(const lvs_service *svc, bint use_sed_overhead) noexc
     if least < 0:
         return -1
     for i in range(least + 1, n):
-        d = &svc.dests[i]
+        d = svc.dests[i]
         if lvs_dest_overloaded(d):
             continue
         doh = lvs_family_overhead(d, use_sed_overhead)

@@ -19,6 +19,7 @@ cdef class SchedHarness:
     """
 
     cdef lvs_service svc
+    cdef lvs_dest *storage      # the dests themselves; svc.dests points into it
     cdef bint initialized
 
     def __cinit__(self, str name, service):
@@ -37,7 +38,9 @@ cdef class SchedHarness:
         if self.initialized and self.svc.sched != NULL:
             self.svc.sched.done_service(&self.svc)
         free(self.svc.dests)
+        free(self.storage)
         self.svc.dests = NULL
+        self.storage = NULL
 
     @property
     def name(self):
@@ -47,10 +50,14 @@ cdef class SchedHarness:
         """Rebuild the service fields and the dests array from `service`."""
         cdef list dests = list(service.dests)
         cdef lvs_dest *arr = NULL
+        cdef lvs_dest **ptrs = NULL
         cdef Py_ssize_t i
         if dests:
             arr = <lvs_dest *>calloc(len(dests), sizeof(lvs_dest))
-            if arr == NULL:
+            ptrs = <lvs_dest **>calloc(len(dests), sizeof(lvs_dest *))
+            if arr == NULL or ptrs == NULL:
+                free(arr)
+                free(ptrs)
                 raise MemoryError()
         for i, dest in enumerate(dests):
             _sched_fill_addr(arr[i].addr, dest.addr)
@@ -65,6 +72,9 @@ cdef class SchedHarness:
             arr[i].persistconns = dest.persistconns
             arr[i].flags = dest.flags
             arr[i].index = <uint32_t>i
+            arr[i].slot = <uint32_t>i + 1
+            arr[i].state = LVS_SLOT_USED
+            ptrs[i] = &arr[i]
         self.svc.af = service.af
         self.svc.protocol = service.protocol
         self.svc.port = lvs_htons(service.port)
@@ -74,7 +84,9 @@ cdef class SchedHarness:
         self.svc.flags = service.flags
         self.svc.timeout = service.timeout
         free(self.svc.dests)
-        self.svc.dests = arr
+        free(self.storage)
+        self.svc.dests = ptrs
+        self.storage = arr
         self.svc.num_dests = <uint32_t>len(dests)
 
     def update(self, service):

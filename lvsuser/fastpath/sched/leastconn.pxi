@@ -12,7 +12,7 @@ cdef int lvs_lc_schedule(lvs_service *svc, const lvs_pkt_info *pkt, double now) 
     cdef int64_t loh = 0, doh
     cdef const lvs_dest *d
     for i in range(svc.num_dests):
-        d = &svc.dests[i]
+        d = svc.dests[i]
         if lvs_dest_overloaded(d) or d.weight == 0:
             continue
         doh = lvs_conn_overhead(d)
@@ -35,7 +35,7 @@ cdef int lvs_nq_schedule(lvs_service *svc, const lvs_pkt_info *pkt, double now) 
     cdef int64_t loh = 0, doh
     cdef const lvs_dest *d
     for i in range(svc.num_dests):
-        d = &svc.dests[i]
+        d = svc.dests[i]
         if lvs_dest_overloaded(d) or d.weight == 0:
             continue
         if d.activeconns == 0:
@@ -52,7 +52,7 @@ cdef int lvs_fo_schedule(lvs_service *svc, const lvs_pkt_info *pkt, double now) 
     cdef int32_t best_weight = 0
     cdef const lvs_dest *d
     for i in range(svc.num_dests):
-        d = &svc.dests[i]
+        d = svc.dests[i]
         if not lvs_dest_overloaded(d) and d.weight > best_weight:
             best = i
             best_weight = d.weight
@@ -64,7 +64,7 @@ cdef int lvs_ovf_schedule(lvs_service *svc, const lvs_pkt_info *pkt, double now)
     cdef int32_t best_weight = 0, w
     cdef const lvs_dest *d
     for i in range(svc.num_dests):
-        d = &svc.dests[i]
+        d = svc.dests[i]
         w = d.weight
         if lvs_dest_overloaded(d) or <int64_t>d.activeconns > w or w == 0:
             continue
@@ -76,19 +76,25 @@ cdef int lvs_ovf_schedule(lvs_service *svc, const lvs_pkt_info *pkt, double now)
 
 cdef lvs_scheduler lvs_sched_lc = lvs_scheduler(
     name=b"lc", init_service=lvs_stateless_init, update_service=lvs_stateless_update,
-    done_service=lvs_stateless_done, schedule=lvs_lc_schedule)
+    done_service=lvs_stateless_done, schedule=lvs_lc_schedule,
+    add_dest=lvs_stateless_dest, del_dest=lvs_stateless_dest, upd_dest=lvs_stateless_dest)
 cdef lvs_scheduler lvs_sched_wlc = lvs_scheduler(
     name=b"wlc", init_service=lvs_stateless_init, update_service=lvs_stateless_update,
-    done_service=lvs_stateless_done, schedule=lvs_wlc_schedule)
+    done_service=lvs_stateless_done, schedule=lvs_wlc_schedule,
+    add_dest=lvs_stateless_dest, del_dest=lvs_stateless_dest, upd_dest=lvs_stateless_dest)
 cdef lvs_scheduler lvs_sched_sed = lvs_scheduler(
     name=b"sed", init_service=lvs_stateless_init, update_service=lvs_stateless_update,
-    done_service=lvs_stateless_done, schedule=lvs_sed_schedule)
+    done_service=lvs_stateless_done, schedule=lvs_sed_schedule,
+    add_dest=lvs_stateless_dest, del_dest=lvs_stateless_dest, upd_dest=lvs_stateless_dest)
 cdef lvs_scheduler lvs_sched_nq = lvs_scheduler(
     name=b"nq", init_service=lvs_stateless_init, update_service=lvs_stateless_update,
-    done_service=lvs_stateless_done, schedule=lvs_nq_schedule)
+    done_service=lvs_stateless_done, schedule=lvs_nq_schedule,
+    add_dest=lvs_stateless_dest, del_dest=lvs_stateless_dest, upd_dest=lvs_stateless_dest)
 cdef lvs_scheduler lvs_sched_fo = lvs_scheduler(
     name=b"fo", init_service=lvs_stateless_init, update_service=lvs_stateless_update,
-    done_service=lvs_stateless_done, schedule=lvs_fo_schedule)
+    done_service=lvs_stateless_done, schedule=lvs_fo_schedule,
+    add_dest=lvs_stateless_dest, del_dest=lvs_stateless_dest, upd_dest=lvs_stateless_dest)
 cdef lvs_scheduler lvs_sched_ovf = lvs_scheduler(
     name=b"ovf", init_service=lvs_stateless_init, update_service=lvs_stateless_update,
-    done_service=lvs_stateless_done, schedule=lvs_ovf_schedule)
+    done_service=lvs_stateless_done, schedule=lvs_ovf_schedule,
+    add_dest=lvs_stateless_dest, del_dest=lvs_stateless_dest, upd_dest=lvs_stateless_dest)

@@ -174,7 +174,7 @@ cdef int lvs_loc_snapshot(lvs_loc_table *t, const lvs_service *svc) noexcept nog
         return -1
     for i in range(svc.num_dests):
         weights[i] = svc.dests[i].weight
-        overheads[i] = lvs_conn_overhead(&svc.dests[i])
+        overheads[i] = lvs_conn_overhead(svc.dests[i])
     free(t.keys)
     free(t.weights)
     free(t.overheads)
@@ -284,7 +284,7 @@ cdef int lvs_lblc_schedule(lvs_service *svc, const lvs_pkt_info *pkt, double now
         lvs_loc_free_entry(en)
     en = lvs_loc_new(t, pkt.af, pkt.daddr, now)
     if en != NULL:
-        lvs_dest_key_of(&en.dest_key, &svc.dests[pick])
+        lvs_dest_key_of(&en.dest_key, svc.dests[pick])
         en.dest_idx = pick
     return pick
 
@@ -298,7 +298,7 @@ cdef inline int32_t lvs_member_weight(const lvs_service *svc, const lvs_loc_memb
 
 
 cdef inline int64_t lvs_member_overhead(const lvs_service *svc, const lvs_loc_member *m) noexcept nogil:
-    return lvs_conn_overhead(&svc.dests[m.idx]) if lvs_member_present(svc, m) else m.ghost_overhead
+    return lvs_conn_overhead(svc.dests[m.idx]) if lvs_member_present(svc, m) else m.ghost_overhead
 
 
 cdef int32_t lvs_set_min(const lvs_service *svc, const lvs_loc_entry *en) noexcept nogil:
@@ -307,15 +307,15 @@ cdef int32_t lvs_set_min(const lvs_service *svc, const lvs_loc_entry *en) noexce
     cdef int32_t least = -1
     cdef int64_t loh = 0, doh
     while m != NULL:
-        if not lvs_member_present(svc, m) or lvs_dest_overloaded(&svc.dests[m.idx]):
+        if not lvs_member_present(svc, m) or lvs_dest_overloaded(svc.dests[m.idx]):
             m = m.next    # a departed member is never available
             continue
         if least < 0:
             if svc.dests[m.idx].weight > 0:
                 least = m.idx
-                loh = lvs_conn_overhead(&svc.dests[least])
+                loh = lvs_conn_overhead(svc.dests[least])
         else:
-            doh = lvs_conn_overhead(&svc.dests[m.idx])
+            doh = lvs_conn_overhead(svc.dests[m.idx])
             if loh * svc.dests[m.idx].weight > doh * svc.dests[least].weight:
                 least = m.idx
                 loh = doh
@@ -354,7 +354,7 @@ cdef void lvs_set_insert(const lvs_service *svc, lvs_loc_entry *en, int32_t idx,
     m = <lvs_loc_member *>calloc(1, sizeof(lvs_loc_member))
     if m == NULL:
         return
-    lvs_dest_key_of(&m.key, &svc.dests[idx])
+    lvs_dest_key_of(&m.key, svc.dests[idx])
     m.idx = idx
     m.next = en.members
     en.members = m
@@ -409,7 +409,9 @@ cdef int lvs_lblcr_schedule(lvs_service *svc, const lvs_pkt_info *pkt, double no
 
 cdef lvs_scheduler lvs_sched_lblc = lvs_scheduler(
     name=b"lblc", init_service=lvs_loc_init, update_service=lvs_loc_update,
-    done_service=lvs_loc_done, schedule=lvs_lblc_schedule)
+    done_service=lvs_loc_done, schedule=lvs_lblc_schedule,
+    add_dest=NULL, del_dest=NULL, upd_dest=NULL)
 cdef lvs_scheduler lvs_sched_lblcr = lvs_scheduler(
     name=b"lblcr", init_service=lvs_loc_init, update_service=lvs_loc_update,
-    done_service=lvs_loc_done, schedule=lvs_lblcr_schedule)
+    done_service=lvs_loc_done, schedule=lvs_lblcr_schedule,
+    add_dest=NULL, del_dest=NULL, upd_dest=NULL)

@@ -200,7 +200,7 @@ cdef int lvs_mh_schedule(lvs_service *svc, const lvs_pkt_info *pkt, double now) 
     idx = st.lookup[ihash]
     if idx < 0 or idx >= <int32_t>svc.num_dests:
         return -1
-    if not lvs_sh_unavailable(&svc.dests[idx]):
+    if not lvs_sh_unavailable(svc.dests[idx]):
         return idx
     if not (svc.flags & LVS_SVC_F_SCHED1):
         return -1
@@ -210,11 +210,12 @@ cdef int lvs_mh_schedule(lvs_service *svc, const lvs_pkt_info *pkt, double now) 
                         % LVS_MH_TAB_SIZE]
         if idx < 0:
             return -1
-        if not lvs_sh_unavailable(&svc.dests[idx]):
+        if not lvs_sh_unavailable(svc.dests[idx]):
             return idx
     return -1
 
 
 cdef lvs_scheduler lvs_sched_mh = lvs_scheduler(
     name=b"mh", init_service=lvs_mh_init, update_service=lvs_mh_update,
-    done_service=lvs_mh_done, schedule=lvs_mh_schedule)
+    done_service=lvs_mh_done, schedule=lvs_mh_schedule,
+    add_dest=NULL, del_dest=NULL, upd_dest=NULL)

@@ -76,12 +76,12 @@ cdef int lvs_rr_schedule(lvs_service *svc, const lvs_pkt_info *pkt, double now) 
     if cursor >= n:
         cursor = -1
     for i in range(cursor + 1, n):
-        if lvs_rr_usable(&svc.dests[i]):
+        if lvs_rr_usable(svc.dests[i]):
             st.cursor = i
             return <int>i
     if cursor >= 0:
         for i in range(0, cursor + 1):
-            if lvs_rr_usable(&svc.dests[i]):
+            if lvs_rr_usable(svc.dests[i]):
                 st.cursor = i
                 return <int>i
     return -1
@@ -89,4 +89,5 @@ cdef int lvs_rr_schedule(lvs_service *svc, const lvs_pkt_info *pkt, double now) 
 
 cdef lvs_scheduler lvs_sched_rr = lvs_scheduler(
     name=b"rr", init_service=lvs_rr_init, update_service=lvs_rr_update,
-    done_service=lvs_rr_done, schedule=lvs_rr_schedule)
+    done_service=lvs_rr_done, schedule=lvs_rr_schedule,
+    add_dest=NULL, del_dest=NULL, upd_dest=lvs_stateless_dest)

@@ -94,14 +94,14 @@ cdef int lvs_sh_schedule(lvs_service *svc, const lvs_pkt_info *pkt, double now) 
     idx = st.bucket[ihash]
     if idx < 0 or idx >= <int32_t>svc.num_dests:
         return -1
-    if not lvs_sh_unavailable(&svc.dests[idx]):
+    if not lvs_sh_unavailable(svc.dests[idx]):
         return idx
     if not (svc.flags & LVS_SVC_F_SCHED1):
         return -1
     for offset in range(LVS_SH_TAB_SIZE):
         roffset = (offset + ihash) % LVS_SH_TAB_SIZE
         idx = st.bucket[lvs_sh_hashkey(pkt.af, pkt.saddr, port, roffset)]
-        if not lvs_sh_unavailable(&svc.dests[idx]):
+        if not lvs_sh_unavailable(svc.dests[idx]):
             return idx
     return -1
 
@@ -115,7 +115,7 @@ cdef int lvs_dh_schedule(lvs_service *svc, const lvs_pkt_info *pkt, double now) 
     idx = st.bucket[lvs_hash_32(lvs_addr_fold(pkt.af, pkt.daddr), LVS_SH_TAB_BITS)]
     if idx < 0 or idx >= <int32_t>svc.num_dests:
         return -1
-    d = &svc.dests[idx]
+    d = svc.dests[idx]
     if not (d.flags & LVS_DEST_F_AVAILABLE) or d.weight <= 0 or lvs_dest_overloaded(d):
         return -1
     return idx
@@ -123,7 +123,9 @@ cdef int lvs_dh_schedule(lvs_service *svc, const lvs_pkt_info *pkt, double now) 
 
 cdef lvs_scheduler lvs_sched_sh = lvs_scheduler(
     name=b"sh", init_service=lvs_sh_init, update_service=lvs_sh_update,
-    done_service=lvs_hash_table_done, schedule=lvs_sh_schedule)
+    done_service=lvs_hash_table_done, schedule=lvs_sh_schedule,
+    add_dest=NULL, del_dest=NULL, upd_dest=NULL)
 cdef lvs_scheduler lvs_sched_dh = lvs_scheduler(
     name=b"dh", init_service=lvs_dh_init, update_service=lvs_dh_update,
-    done_service=lvs_hash_table_done, schedule=lvs_dh_schedule)
+    done_service=lvs_hash_table_done, schedule=lvs_dh_schedule,
+    add_dest=NULL, del_dest=NULL, upd_dest=NULL)

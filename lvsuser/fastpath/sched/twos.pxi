@@ -52,7 +52,7 @@ cdef int lvs_twos_schedule(lvs_service *svc, const lvs_pkt_info *pkt, double now
     if svc.sched_data == NULL:   # init_service failed: no state, no dest
         return -1
     for i in range(svc.num_dests):
-        d = &svc.dests[i]
+        d = svc.dests[i]
         if not lvs_dest_overloaded(d) and d.weight > 0:
             total += d.weight
     if total == 0:
@@ -61,7 +61,7 @@ cdef int lvs_twos_schedule(lvs_service *svc, const lvs_pkt_info *pkt, double now
     rweight1 = lvs_twos_next(st) % total
     rweight2 = lvs_twos_next(st) % total
     for i in range(svc.num_dests):
-        d = &svc.dests[i]
+        d = svc.dests[i]
         w = d.weight
         if lvs_dest_overloaded(d) or w <= 0:
             continue
@@ -73,12 +73,13 @@ cdef int lvs_twos_schedule(lvs_service *svc, const lvs_pkt_info *pkt, double now
             choice2 = i
         if choice1 >= 0 and choice2 >= 0:
             break
-    if (<int64_t>svc.dests[choice2].weight * lvs_conn_overhead(&svc.dests[choice1])
-            > <int64_t>svc.dests[choice1].weight * lvs_conn_overhead(&svc.dests[choice2])):
+    if (<int64_t>svc.dests[choice2].weight * lvs_conn_overhead(svc.dests[choice1])
+            > <int64_t>svc.dests[choice1].weight * lvs_conn_overhead(svc.dests[choice2])):
         return <int>choice2
     return <int>choice1
 
 
 cdef lvs_scheduler lvs_sched_twos = lvs_scheduler(
     name=b"twos", init_service=lvs_twos_init, update_service=lvs_stateless_update,
-    done_service=lvs_twos_done, schedule=lvs_twos_schedule)
+    done_service=lvs_twos_done, schedule=lvs_twos_schedule,
+    add_dest=lvs_stateless_dest, del_dest=lvs_stateless_dest, upd_dest=lvs_stateless_dest)

@@ -29,7 +29,7 @@ cdef uint64_t lvs_wrr_signature(const lvs_service *svc) noexcept nogil:
     cdef uint32_t i
     cdef const lvs_dest *d
     for i in range(svc.num_dests):
-        d = &svc.dests[i]
+        d = svc.dests[i]
         h = lvs_fnv1a(h, d.addr, 16)
         h = lvs_fnv1a(h, &d.port, sizeof(d.port))
         h = lvs_fnv1a(h, &d.weight, sizeof(d.weight))
@@ -111,7 +111,7 @@ cdef int lvs_wrr_schedule(lvs_service *svc, const lvs_pkt_info *pkt, double now)
     position = st.cl
     while True:
         for i in range(position + 1, n):
-            d = &svc.dests[i]
+            d = svc.dests[i]
             if not lvs_dest_overloaded(d) and d.weight >= st.cw:
                 st.cl = i
                 return <int>i
@@ -133,4 +133,5 @@ cdef int lvs_wrr_schedule(lvs_service *svc, const lvs_pkt_info *pkt, double now)
 
 cdef lvs_scheduler lvs_sched_wrr = lvs_scheduler(
     name=b"wrr", init_service=lvs_wrr_init, update_service=lvs_wrr_update,
-    done_service=lvs_wrr_done, schedule=lvs_wrr_schedule)
+    done_service=lvs_wrr_done, schedule=lvs_wrr_schedule,
+    add_dest=NULL, del_dest=NULL, upd_dest=NULL)

@@ -72,6 +72,11 @@ def _udp(topo, ns, addr, port):
     return topo.run(ns, [sys.executable, "-c", UDP_ASK, addr, str(port)], timeout=15).stdout.strip()
 
 
+def _whole_log(director):
+    with open(director.log_path) as f:  # Director.log() keeps only the tail
+        return f.read()
+
+
 def _udp_refused(topo, ns, addr, port):
     return topo.run(ns, [sys.executable, "-c", UDP_REFUSED, addr, str(port)], timeout=15).stdout.strip()
 
@@ -226,9 +231,11 @@ def test_guard_restored_after_flush_delete_and_edit(topo, tmp_path, tools_ready)
                 took = _seconds_until_guard_back(topo, dr, table)
             assert took is not None and took < 1.0, (argv, took, director.log())
             assert topo.run(dr, ["nft", "list", "table", "netdev", table]).stdout == installed
-            warnings = [line for line in director.log().splitlines()
-                        if "WARNING" in line and table in line and "restored" in line]
-            assert len(warnings) == n + 1, director.log()
+            # the line is written just after the table is back: wait for it (bounded)
+            warnings = wait_for(lambda: (lambda lines: lines if len(lines) > n else None)(
+                [line for line in _whole_log(director).splitlines()
+                 if "WARNING" in line and table in line and "restored" in line]), timeout=2)
+            assert warnings and len(warnings) == n + 1, director.log()
             assert ("removed" if argv[1] != "insert" else "altered") in warnings[-1]
             assert sorted(curl_names(topo, cl, f"http://{VIP_NAT}/", 2)) == ["rs1", "rs2"], director.log()
     finally:
@@ -416,8 +423,10 @@ def test_backend_closed_keeping_state_leaves_the_guard(topo, tmp_path, tools_rea
         time.sleep(1)
         assert watch.checks == checks, (watch.checks, checks)
         topo.run(dr, ["nft", "delete", "table", "netdev", table], check=True)
-        assert wait_for(lambda: _guard_tables(topo, dr) == [table], timeout=3)
-        assert watch.checks > checks and backend._guard.restores == 1
+        # (restores counts once the restored table is listed: wait for both)
+        assert wait_for(lambda: backend._guard.restores == 1 and _guard_tables(topo, dr) == [table],
+                        timeout=3), (backend._guard.restores, _guard_tables(topo, dr))
+        assert watch.checks > checks
     finally:
         topo.call_in(dr, backend.close, keep_state=True)
     assert _guard_tables(topo, dr) == [table]

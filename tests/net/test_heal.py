@@ -74,6 +74,12 @@ def _udp(topo, ns, addr, port):
     return topo.run(ns, [sys.executable, "-c", UDP_ASK, addr, str(port)], timeout=15).stdout.strip()
 
 
+def _served_by(topo, ns, url, name, timeout=10.0):
+    """The first request after a configuration may wait for the real server's neighbour entry
+    (the director resolves it when asked): retry, bounded, until NAME answers."""
+    return wait_for(lambda: _curl(topo, ns, url, seconds=2) == name, timeout=timeout, step=0.2)
+
+
 def _whole_log(director):
     with open(director.log_path) as f:  # Director.log() keeps only the tail
         return f.read()
@@ -293,7 +299,7 @@ def test_second_director_in_a_namespace_is_refused(topo, tmp_path, tools_ready):
             f"lvsuser: another lvsuser director serves this network namespace (control socket "
             f"{first.sock}, pid {first.proc.pid})"], second.stderr
         assert not os.path.exists(second_sock)
-        assert _curl(topo, cl, f"http://{VIP_NAT}/") == "rs1"  # the first one was not disturbed
+        assert _served_by(topo, cl, f"http://{VIP_NAT}/", "rs1")  # the first one was not disturbed
         # a director in another namespace is no competitor
         other_ns = topo.add_ns("dr2")
         elsewhere = Director(topo, other_ns, str(tmp_path / "elsewhere.sock"))
@@ -314,7 +320,7 @@ def test_second_director_in_a_namespace_is_refused(topo, tmp_path, tools_ready):
     try:
         fourth.ipvsadm("-A", "-t", f"{VIP_NAT}:80", "-s", "rr")
         fourth.ipvsadm("-a", "-t", f"{VIP_NAT}:80", "-r", "198.18.1.12:80", "-m")
-        assert _curl(topo, cl, f"http://{VIP_NAT}/") == "rs2"
+        assert _served_by(topo, cl, f"http://{VIP_NAT}/", "rs2")
         with open(lock_file) as f:
             assert instance.parse_holder(f.read()) == (fourth.sock, fourth.proc.pid)
     finally:
@@ -397,7 +403,7 @@ def test_guard_table_outlives_a_killed_director_and_is_adopted(topo, tmp_path, t
         first = Director(topo, dr, sock)
         first.start()
         configure(first)
-        assert _curl(topo, cl, f"http://{VIP_NAT}/") == "rs1"
+        assert _served_by(topo, cl, f"http://{VIP_NAT}/", "rs1")
         assert sorted(_guard_tables(topo, dr)) == sorted([table, waiting_table])
         first.proc.kill()
         first.proc.wait(timeout=5)
@@ -411,7 +417,7 @@ def test_guard_table_outlives_a_killed_director_and_is_adopted(topo, tmp_path, t
         try:
             assert sorted(_guard_tables(topo, dr)) == sorted([table, waiting_table])
             configure(second)
-            assert _curl(topo, cl, f"http://{VIP_NAT}/") == "rs1"
+            assert _served_by(topo, cl, f"http://{VIP_NAT}/", "rs1")
         finally:
             assert second.stop() == 0, second.log()
         assert _guard_tables(topo, dr) == [waiting_table]

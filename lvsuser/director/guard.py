@@ -174,6 +174,8 @@ class Guard:
     def apply(self, ifnames: Iterable[str], rules: list[str]) -> None:
         script = self.script(ifnames, rules)
         with self._lock:
+            if self.installed and script == self._script:
+                return  # a weight or scheduler edit: nothing the guard drops has changed
             _run_nft(script)
             self.installed = True
             self._script = script

@@ -126,7 +126,9 @@ cdef inline double io_now() noexcept nogil:
 # built from csum.pxi's RFC 1071 helpers, the ones the core uses.
 
 # Where the L3 header and the L4 protocol of an Ethernet frame are; 0 if not IPv4/IPv6 with a
-# plain TCP/UDP header (IPv6 extension headers are left to the core).
+# plain TCP/UDP header (IPv6 extension headers are left to the core).  Deliberately shallower
+# than parse.pxi's lvs_parse_ip, which judges a packet for the core: here the frame may be a
+# super-frame not yet cut, and only the offsets the segmentation rewrites are wanted.
 cdef int io_locate_l4(const uint8_t *frame, uint32_t len, uint32_t *l3_off, uint32_t *l4_off,
                       uint8_t *proto, uint8_t *is_v6) noexcept nogil:
     cdef uint16_t ethertype

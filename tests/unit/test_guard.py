@@ -187,3 +187,21 @@ def test_claims_left_by_killed_directors_are_swept(tmp_path):
             claim.release()
     finally:
         os.close(holder)
+
+
+def test_apply_runs_nft_only_when_the_table_would_change(monkeypatch):
+    """A weight edit republishes, but the guard's rules are the same: no nft run for it."""
+    runs = []
+    monkeypatch.setattr(guard_mod, "_run_nft", runs.append)
+    monkeypatch.setattr(guard_mod.Guard, "listing", lambda self: "listed")
+    guard = guard_mod.Guard(table="lvsuser_t2")
+    rules = ["ip daddr 198.18.0.10 tcp dport 80 drop"]
+    guard.apply(["eth0"], rules)
+    guard.apply(["eth0"], list(rules))
+    assert len(runs) == 1
+    guard.apply(["eth0", "eth1"], rules)
+    guard.apply(["eth0", "eth1"], rules + ["ip daddr 198.18.0.11 tcp dport 80 drop"])
+    assert len(runs) == 3
+    guard.remove()
+    guard.apply(["eth0"], rules)  # removed: installed again even with the same rules
+    assert len(runs) == 5 and runs[-2].endswith("delete table netdev lvsuser_t2\n")

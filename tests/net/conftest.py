@@ -108,6 +108,20 @@ def wait_for(predicate, timeout: float = 5.0, step: float = 0.05):
         time.sleep(step)
 
 
+def _tool_available(argv) -> bool:
+    try:
+        return subprocess.run(argv, capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope="module")
+def lvsuser_ready():
+    """What the machine must have beside lvsuser (a broken lvsuser fails its tests, not skips)."""
+    if not _tool_available(["nft", "--version"]) or not _tool_available(["tcpdump", "--version"]):
+        pytest.skip("nft and tcpdump are needed (tools/setup.sh installs them)")
+
+
 class ForwardingTopology(Topology):
     """A Topology that also undoes `lvsuser realserver` on the hosts it set up, before the
     namespaces go: the real-server state under /run/lvsuser would otherwise outlive them."""

@@ -35,21 +35,6 @@ scapy_all = pytest.importorskip("scapy.all")
 LVSUSER = [sys.executable, "-m", "lvsuser"]
 
 
-def _tool_available(argv) -> bool:
-    try:
-        return subprocess.run(argv, capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-@pytest.fixture(scope="module")
-def lvsuser_ready():
-    if not _tool_available(LVSUSER + ["run", "--help"]):
-        pytest.skip("`lvsuser run` is not available yet")
-    if not _tool_available(["nft", "--version"]) or not _tool_available(["tcpdump", "--version"]):
-        pytest.skip("nft and tcpdump are needed (tools/setup.sh installs them)")
-
-
 class Director:
     """`lvsuser run` in the director namespace, and `lvsuser ipvsadm` talking to it."""
 

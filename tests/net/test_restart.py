@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from .conftest import start_realserver, wait_for
-from .test_forward import VIP_NAT, Director, build_nat, lvsuser_ready  # noqa: F401 (fixture)
+from .test_forward import VIP_NAT, Director, build_nat
 
 CONNECTIONS = 10
 ECHO_PORT = 9000

@@ -178,6 +178,12 @@ class Lvsuser(Candidate):
 
     def stop(self, topo):
         if self.proc is not None:
+            # The table outlives a director stopped with rules in it (its guard too, keeping the
+            # kernel out of VIP traffic until it is back); the next candidate needs the
+            # director's kernel and nftables as they were, so clear the table first.
+            if self.proc.poll() is None:
+                topo.run(topo.director, lvsuser_argv("ipvsadm", "-C"), timeout=30,
+                         env=dict(LVSUSER_ENV, LVSUSER_CONTROL=self.control))
             topo.stop(self.proc)
             self.proc = None
         for rs in self.realservers_done:

@@ -121,12 +121,12 @@ def lvsuser_command() -> list[str]:
 
 
 class Director:
-    def __init__(self, topo: BenchTopology, workdir: str):
+    def __init__(self, topo: BenchTopology, workdir: str, max_conns: int):
         self.topo = topo
         self.sock = os.path.join(workdir, "control.sock")
         self.env = dict(ENV, LVSUSER_CONTROL=self.sock)
         argv = ["taskset", "-c", DIRECTOR_CPU, sys.executable, "-m", "lvsuser", "run",
-                "--control", self.sock]
+                "--control", self.sock, "--max-conns", str(max_conns)]
         help_text = subprocess.run([sys.executable, "-m", "lvsuser", "run", "--help"],
                                    capture_output=True, text=True, env=ENV, timeout=30).stdout
         if "--state-dir" in help_text:   # keep the run's state inside the work directory
@@ -176,7 +176,7 @@ def configure(director: Director, topo: BenchTopology) -> None:
 
 
 def fill(director: Director, topo: BenchTopology, target: int, workdir: str,
-         limit_s: float = 180.0) -> int:
+         limit_s: float = 300.0) -> int:
     """New UDP flows to the bulk VIP until the table holds TARGET connections (or LIMIT_S)."""
     have = director.connections()
     if have >= target:
@@ -186,7 +186,7 @@ def fill(director: Director, topo: BenchTopology, target: int, workdir: str,
         f.write(traffic.trafgen_config("newflows", (VIP, VIP), topo.director_mac,
                                        topo.mac(topo.client, "eth0")))
     argv = ["taskset", "-c", "0", traffic.require("trafgen"), "--dev", "eth0", "--conf", conf,
-            "--cpus", "1", "--num", str(int((target - have) * 3)), "--rate", "150000pps",
+            "--cpus", "1", "--num", str(int((target - have) * 4)), "--rate", "250000pps",
             "--no-sock-mem", "--notouch-irq", "--no-cpu-stats"]
     proc = topo.popen(topo.client, argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                       text=True, cwd=workdir)
@@ -295,7 +295,7 @@ def run(args) -> dict:
         "command": "python3 -m bench.controlplane " + " ".join(args.argv)}}
     try:
         with BenchTopology("lvsc") as topo:
-            director = Director(topo, workdir)
+            director = Director(topo, workdir, max(args.list_conns, args.conns, args.huge) * 5 // 4)
             try:
                 configure(director, topo)
                 out["conns_small"] = fill(director, topo, 1000, workdir)
@@ -313,6 +313,10 @@ def run(args) -> dict:
                 out["conns_list"] = fill(director, topo, args.list_conns, workdir)
                 log(f"probe during -Lnc of {out['conns_list']:,} connections")
                 out["gap_list"] = probe(topo, 0, lambda: listing(director))
+                if args.huge:
+                    out["conns_huge"] = fill(director, topo, args.huge, workdir)
+                    log(f"-Lnc of {out['conns_huge']:,} connections")
+                    out["huge_list"] = listing(director)
                 out["director_log_tail"] = director.tail()[-1500:]
             finally:
                 director.stop()
@@ -356,6 +360,10 @@ def markdown(r: dict) -> str:
                        ("gap_list", f"{r['conns_list']:,} conns, -Lnc")):
         p = r[key]
         lines.append(f"| {label} | {p['count']:,} / {p['sent']:,} | {p['max_gap_ms']:.1f} ms |")
+    if "huge_list" in r:
+        h = r["huge_list"]
+        lines += ["", f"`ipvsadm -Lnc` of {r['conns_huge']:,} connections: exit {h['list_rc']}, "
+                      f"{h['list_rows']:,} rows in {h['list_seconds']:.1f} s."]
     return "\n".join(lines) + "\n"
 
 
@@ -365,6 +373,8 @@ def main(argv=None) -> int:
     parser.add_argument("--conns", type=int, default=2_000_000, help="the big table (default 2M)")
     parser.add_argument("--list-conns", type=int, default=4_000_000,
                         help="connections listed with -Lnc (default 4M)")
+    parser.add_argument("--huge", type=int, default=0, metavar="N",
+                        help="then fill to N connections and time one -Lnc of them (e.g. 10000000)")
     parser.add_argument("--edits", type=int, default=20)
     parser.add_argument("--cli-runs", type=int, default=21)
     parser.add_argument("--probe-seconds", type=float, default=4.0)

@@ -202,7 +202,7 @@ class UserspaceBackend(TableBackend):
             self.interfaces = self._pick_interfaces(links, interfaces)
             if io == IO_AFPACKET:
                 self._guard = guard_mod.Guard.for_director(control_path)
-                guard_mod.sweep_stale(own=self._guard.table)
+                guard_mod.sweep_stale(own=self._guard.table, claimed=self._claim is not None)
                 self._start_afpacket(links)
                 self._log_served()
             else:

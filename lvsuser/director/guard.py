@@ -240,13 +240,15 @@ class Guard:
 
 
 def stale_tables(names: Iterable[str], own: Optional[str] = None,
-                 state_root: str = statedir.STATE_ROOT) -> list[str]:
+                 state_root: str = statedir.STATE_ROOT, claimed: bool = False) -> list[str]:
     """Which of these nft table names are guards nobody will come back for.
 
     ``lvsuser_<pid>`` (a director without a control socket, or an older version): stale once
     that process is gone.  ``lvsuser_<state tag>``: kept while the director's state directory
     exists -- it keeps the kernel quiet until that director, restarted, adopts the table --
-    and stale once the state is gone.  `own` (this director's table) is never stale."""
+    and stale once the state is gone; but when the caller holds this namespace's claim
+    (`claimed`, director/instance.py) no other director serves here, so another director's
+    table only hides traffic from the one that does: stale too.  `own` is never stale."""
     stale = []
     for name in names:
         if name == own or not name.startswith(TABLE_PREFIX):
@@ -256,12 +258,12 @@ def stale_tables(names: Iterable[str], own: Optional[str] = None,
             pid = int(rest)
             if pid != os.getpid() and not os.path.exists(f"/proc/{pid}"):
                 stale.append(name)
-        elif rest and not os.path.isdir(os.path.join(state_root, rest)):
+        elif rest and (claimed or not os.path.isdir(os.path.join(state_root, rest))):
             stale.append(name)
     return stale
 
 
-def sweep_stale(own: Optional[str] = None) -> list[str]:
+def sweep_stale(own: Optional[str] = None, claimed: bool = False) -> list[str]:
     """Delete the guard tables of this namespace that `stale_tables` finds stale."""
     try:
         proc = subprocess.run(["nft", "list", "tables", "netdev"], text=True, capture_output=True,
@@ -271,7 +273,7 @@ def sweep_stale(own: Optional[str] = None) -> list[str]:
     names = [m.group(1) for m in (re.match(r"table netdev (\S+)$", line.strip())
                                   for line in proc.stdout.splitlines()) if m]
     removed = []
-    for name in stale_tables(names, own):
+    for name in stale_tables(names, own, claimed=claimed):
         try:
             _run_nft(f"delete table netdev {name}\n")
             removed.append(name)

@@ -269,8 +269,10 @@ def test_guard_restored_after_flush_delete_and_edit(topo, tmp_path, tools_ready)
             assert ("removed" if argv[1] != "insert" else "altered") in warnings[-1]
             assert sorted(curl_names(topo, cl, f"http://{VIP_NAT}/", 2)) == ["rs1", "rs2"], director.log()
     finally:
+        director.ipvsadm("-C", check=False)
         assert director.stop() == 0, director.log()
-    assert not _guard_tables(topo, dr)  # a clean stop removes it, and the watch does not resurrect it
+    # a stop with an empty table removes it, and the watch does not resurrect it
+    assert not _guard_tables(topo, dr)
 
 
 # --------------------------------------------------------------------------- one per namespace
@@ -377,8 +379,9 @@ def test_director_started_with_loopback_alone_serves_interfaces_as_they_appear(t
 def test_guard_table_outlives_a_killed_director_and_is_adopted(topo, tmp_path, tools_ready):
     """The guard is named after the director's control socket: killed, the director leaves it
     and the kernel stays quiet for the VIP (the client's SYN is not answered with a RST); the
-    same director started again adopts it (one table), and sweeps only what nobody will come
-    back for: a table whose director's state directory still exists is kept."""
+    same director started again adopts it (one table) with its rules, and, holding the
+    namespace's claim, sweeps every other director's table (none of them serves here now, even
+    one whose state is kept for its own restart).  Cleared and stopped, it leaves no table."""
     import os
     import shutil
 
@@ -390,21 +393,16 @@ def test_guard_table_outlives_a_killed_director_and_is_adopted(topo, tmp_path, t
     table = "lvsuser_" + statedir.state_tag(sock)
     waiting = str(tmp_path / "waiting.sock")  # a director between two runs, state kept
     waiting_table, waiting_state = "lvsuser_" + statedir.state_tag(waiting), statedir.state_dir(waiting)
-    gone_table = "lvsuser_gone_" + statedir.state_tag(str(tmp_path / "gone.sock")).split("_")[-1]
     os.makedirs(waiting_state)
     try:
-        for name in (waiting_table, gone_table):
-            topo.run(dr, ["nft", "add", "table", "netdev", name], check=True)
-
-        def configure(director):
-            director.ipvsadm("-A", "-t", f"{VIP_NAT}:80", "-s", "rr")
-            director.ipvsadm("-a", "-t", f"{VIP_NAT}:80", "-r", "198.18.1.11:80", "-m")
-
+        topo.run(dr, ["nft", "add", "table", "netdev", waiting_table], check=True)
         first = Director(topo, dr, sock)
         first.start()
-        configure(first)
+        first.ipvsadm("-A", "-t", f"{VIP_NAT}:80", "-s", "rr")
+        first.ipvsadm("-a", "-t", f"{VIP_NAT}:80", "-r", "198.18.1.11:80", "-m")
         assert _served_by(topo, cl, f"http://{VIP_NAT}/", "rs1")
-        assert sorted(_guard_tables(topo, dr)) == sorted([table, waiting_table])
+        assert _guard_tables(topo, dr) == [table]
+        rules = first.ipvsadm("-Sn").stdout
         first.proc.kill()
         first.proc.wait(timeout=5)
 
@@ -412,15 +410,17 @@ def test_guard_table_outlives_a_killed_director_and_is_adopted(topo, tmp_path, t
         gap = topo.run(cl, ["curl", "-s", "-m", "2", f"http://{VIP_NAT}/"], timeout=10)
         assert gap.returncode == 28, gap  # unanswered; without the guard: RST, refused (7)
 
+        topo.run(dr, ["nft", "add", "table", "netdev", waiting_table], check=True)
         second = Director(topo, dr, sock)
         second.start()
         try:
-            assert sorted(_guard_tables(topo, dr)) == sorted([table, waiting_table])
-            configure(second)
+            assert _guard_tables(topo, dr) == [table]
+            assert second.ipvsadm("-Sn").stdout == rules   # back without re-adding
             assert _served_by(topo, cl, f"http://{VIP_NAT}/", "rs1")
         finally:
+            second.ipvsadm("-C", check=False)
             assert second.stop() == 0, second.log()
-        assert _guard_tables(topo, dr) == [waiting_table]
+        assert _guard_tables(topo, dr) == []
     finally:
         shutil.rmtree(waiting_state, ignore_errors=True)
         topo.run(dr, ["nft", "delete", "table", "netdev", waiting_table])

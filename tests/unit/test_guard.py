@@ -89,6 +89,11 @@ def test_which_stale_tables_are_swept(tmp_path):
              "lvsuser_gone_ba9876543210", "somebody_else", "lvsuser_mine_000000000000"]
     stale = guard_mod.stale_tables(names, own="lvsuser_mine_000000000000", state_root=str(state_root))
     assert stale == [f"lvsuser_{dead_pid}", "lvsuser_gone_ba9876543210"]
+    # holding the namespace's claim, another director's table hides traffic from us: it goes,
+    # even while that director's state is kept for its own restart
+    stale = guard_mod.stale_tables(names, own="lvsuser_mine_000000000000",
+                                   state_root=str(state_root), claimed=True)
+    assert stale == [f"lvsuser_{dead_pid}", "lvsuser_kept_0123456789ab", "lvsuser_gone_ba9876543210"]
 
 
 def test_namespace_claim_is_exclusive_and_names_its_holder(tmp_path):

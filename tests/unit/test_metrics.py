@@ -273,3 +273,92 @@ def test_server_serves_the_text_over_http_and_stops():
     assert backend.after_change is None  # the hook it chained is put back
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=2)
+
+
+# --- `lvsuser run --metrics --procfs`, a real process ----------------------------------------
+import os  # noqa: E402
+import pathlib  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def run_director(tmp_path, *extra):
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.Popen([sys.executable, "-m", "lvsuser", "run", "--backend", "table",
+                             "--control", str(tmp_path / "control.sock"),
+                             "--state-dir", str(tmp_path / "state"), *extra],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def ipvsadm(tmp_path, *args):
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               LVSUSER_CONTROL=str(tmp_path / "control.sock"))
+    return subprocess.run([sys.executable, "-m", "lvsuser", "ipvsadm", *args], env=env,
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_run_serves_metrics_and_procfs_and_removes_them_at_stop(tmp_path):
+    port = free_port()
+    proc = run_director(tmp_path, "--metrics", f"127.0.0.1:{port}", "--procfs",
+                        str(tmp_path / "proc"))
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        assert wait_for(lambda: (tmp_path / "control.sock").exists() or proc.poll() is not None)
+        assert proc.poll() is None, proc.communicate()
+        assert ipvsadm(tmp_path, "-A", "-t", "198.18.0.1:80", "-s", "rr").returncode == 0
+        assert ipvsadm(tmp_path, "-a", "-t", "198.18.0.1:80", "-r", "198.18.1.1:8080", "-m",
+                       "-w", "5").returncode == 0
+        ip_vs = tmp_path / "proc" / "net" / "ip_vs"
+        assert wait_for(lambda: "  -> C6120101:1F90      Masq    5" in ip_vs.read_text())
+
+        def scraped():
+            with urllib.request.urlopen(url, timeout=10) as reply:
+                return samples(reply.read().decode())
+        dest = labels(local_address="198.18.0.1", local_port="80", remote_address="198.18.1.1",
+                      remote_port="8080", proto="TCP", local_mark="")
+        assert wait_for(lambda: scraped().get(("node_ipvs_backend_weight", dest)) == 5)
+        assert scraped()[("lvsuser_rule_changes_total", ())] == 2
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert not (tmp_path / "proc" / "net").exists()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(url, timeout=2)
+
+
+def test_run_refuses_a_metrics_port_in_use_in_one_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run_director(tmp_path, "--metrics", f"127.0.0.1:{port}")
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert err.strip().splitlines()[-1] == (
+        f"lvsuser: cannot serve metrics on 127.0.0.1:{port}: Address already in use")
+    assert "Traceback" not in err
+    assert not (tmp_path / "control.sock").exists()

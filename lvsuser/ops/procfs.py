@@ -34,7 +34,7 @@ import logging
 import os
 import threading
 import time
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 from lvsuser import model
 
@@ -47,6 +47,8 @@ IP_VS = "ip_vs"
 IP_VS_STATS = "ip_vs_stats"
 IP_VS_CONN = "ip_vs_conn"
 FILES = (IP_VS, IP_VS_STATS, IP_VS_CONN)
+# How long start() waits for the first ip_vs_conn (seconds); a bigger table is written after.
+FIRST_ROUND_WAIT = 1.0
 
 _PROTO_NAMES = {0: "IP", model.IPPROTO_TCP: "TCP", model.IPPROTO_UDP: "UDP",
                 model.IPPROTO_SCTP: "SCTP", 1: "ICMP", 58: "ICMPv6"}
@@ -215,8 +217,9 @@ def write_atomically(path: str, chunks: Iterable[str]) -> int:
 class ProcfsWriter:
     """Keeps DIR/net/{ip_vs,ip_vs_stats,ip_vs_conn} up to date with a backend until stopped.
 
-    ``start()`` writes all three once before it returns (so they exist when the director says it
-    is ready), then refreshes them every ``interval`` seconds in two daemon threads.  ``stop()``
+    ``start()`` writes ip_vs and ip_vs_stats before it returns (so they exist when the director
+    says it is ready), and ip_vs_conn too unless the table takes over a second to write; then
+    it refreshes them every ``interval`` seconds in two daemon threads.  ``stop()``
     ends the threads and removes the files (and DIR/net if it made it and it is empty)."""
 
     def __init__(self, backend, directory: str, interval: float = 1.0, hz: int = KERNEL_HZ):
@@ -258,22 +261,29 @@ class ProcfsWriter:
             os.makedirs(self.net_dir, exist_ok=True)
             self._made_net_dir = True
         self.write_tables()
-        self.write_connections()
-        for name, job in (("tables", self.write_tables), ("conns", self.write_connections)):
-            thread = threading.Thread(target=self._loop, args=(job,), daemon=True,
+        # the connections' first round runs in their thread: an adopted table of millions of
+        # connections must not hold up the director's start; a small one is there before we return
+        first_round = threading.Event()
+        for name, job, done in (("tables", self.write_tables, None),
+                                ("conns", self.write_connections, first_round)):
+            thread = threading.Thread(target=self._loop, args=(job, done), daemon=True,
                                       name=f"lvsuser-procfs-{name}")
             thread.start()
             self._threads.append(thread)
+        first_round.wait(FIRST_ROUND_WAIT)
         log.info("keeping %s/{%s} (every %gs)", self.net_dir, ",".join(FILES), self.interval)
         return self
 
-    def _loop(self, job) -> None:
-        next_run = time.monotonic() + self.interval
+    def _loop(self, job, first_round: Optional[threading.Event]) -> None:
+        next_run = time.monotonic() + (0 if first_round is not None else self.interval)
         while not self._stop.wait(max(0.0, next_run - time.monotonic())):
             try:
                 job()
             except Exception as exc:  # a full disk or a backend hiccup: say so, keep going
                 log.warning("procfs refresh failed: %s", exc)
+            if first_round is not None:
+                first_round.set()
+                first_round = None
             # paced from the start of the round; a round longer than the interval runs back to back
             next_run = max(next_run + self.interval, time.monotonic())
 

@@ -211,3 +211,22 @@ def test_connections_are_read_page_by_page(tmp_path):
 def test_interval_must_be_positive(tmp_path):
     with pytest.raises(ValueError):
         procfs.ProcfsWriter(TableBackend(), str(tmp_path), interval=0)
+
+
+def test_run_refuses_a_procfs_directory_it_cannot_write_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the directory should be\n")
+    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, "-m", "lvsuser", "run", "--backend", "table",
+                             "--control", str(tmp_path / "c.sock"),
+                             "--state-dir", str(tmp_path / "state"),
+                             "--procfs", str(blocker)],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"lvsuser: cannot write the --procfs files under {blocker}: Not a directory")
+    assert not (tmp_path / "c.sock").exists()

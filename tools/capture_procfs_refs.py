@@ -40,6 +40,7 @@ def _vm():
     spec = importlib.util.spec_from_file_location("lvsuser_tools_ipvs_vm",
                                                   os.path.join(REPO, "tools", "ipvs_vm.py"))
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 

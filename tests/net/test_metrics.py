@@ -43,6 +43,8 @@ RULES = [
     ("-a", "-t", "198.18.0.1:80", "-r", "198.18.1.2:8080", "-m", "-w", "1"),
     ("-A", "-u", "198.18.0.2:53", "-s", "wlc", "-p", "60"),
     ("-a", "-u", "198.18.0.2:53", "-r", "198.18.1.3", "-g", "-w", "7"),
+    ("-A", "-t", "[2001:db8::1]:443", "-s", "sh"),
+    ("-a", "-t", "[2001:db8::1]:443", "-r", "[2001:db8::10]:8443", "-m", "-w", "2"),
     ("-A", "-f", "7", "-s", "rr"),
     ("-a", "-f", "7", "-r", "198.18.1.4", "-g", "-w", "0"),
 ]
@@ -73,9 +75,9 @@ def exported_backends(samples):
              "node_ipvs_backend_connections_inactive")
     for index, name in enumerate(names):
         for labels, value in samples.get(name, {}).items():
-            d = dict(labels)
-            key = (d["proto"], d["local_address"], int(d["local_port"]),
-                   int(d["local_mark"], 16) if d["local_mark"] else 0,
+            d = dict(labels)  # Prometheus stores no label whose value is empty
+            key = (d["proto"], d.get("local_address", ""), int(d["local_port"]),
+                   int(d["local_mark"], 16) if d.get("local_mark") else 0,
                    d["remote_address"], int(d["remote_port"]))
             out.setdefault(key, [0, 0, 0])[index] = int(value)
     return {key: tuple(values) for key, values in out.items()}
@@ -119,7 +121,7 @@ def test_node_exporter_reads_our_procfs_as_ipvsadm_lists_it(topo, tmp_path, lvsu
                                    "--metrics", f"{HOST}:9177")
     try:
         expected = listing_backends(director.ipvsadm("-Ln").stdout)
-        assert len(expected) == 4
+        assert len(expected) == 5
         assert wait_for(lambda: "C6120104:0000" in (procdir / "net" / "ip_vs").read_text(), 5)
         exporter = topo.popen(ns, [NODE_EXPORTER, "--path.procfs", str(procdir),
                                    "--collector.disable-defaults", "--collector.ipvs",
@@ -191,7 +193,7 @@ def test_prometheus_scrapes_metrics_and_answers_queries(topo, tmp_path, lvsuser_
         up = query('up{job="lvsuser"}')
         assert up and up[0]["value"][1] == "1"
         services = query("lvsuser_services")
-        assert services and services[0]["value"][1] == "3"
+        assert services and services[0]["value"][1] == "4"
     finally:
         assert director.stop() == 0, director.log()
 

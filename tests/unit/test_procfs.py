@@ -230,3 +230,43 @@ def test_run_refuses_a_procfs_directory_it_cannot_write_in_one_line(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         f"lvsuser: cannot write the --procfs files under {blocker}: Not a directory")
     assert not (tmp_path / "c.sock").exists()
+
+
+# --- against kernel IPVS: tests/data/procfs, captured by tools/capture_procfs_refs.py ----------
+DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "procfs")
+
+
+def service_blocks(text):
+    """The three header lines, and each service with its real servers as one block."""
+    lines = text.splitlines(keepends=True)
+    blocks = []
+    for line in lines[3:]:
+        if line.startswith("  -> "):
+            blocks[-1] += line
+        else:
+            blocks.append(line)
+    return lines[:3], blocks
+
+
+def test_same_bytes_as_kernel_ipvs_for_the_same_rules():
+    """The kernel mixes a random per-namespace value into its service hash, so the order of
+    services differs from boot to boot; each service's block must be identical, byte for byte."""
+    import json
+
+    with open(os.path.join(DATA, "meta.json")) as f:
+        hz = int(json.load(f)["CONFIG_HZ"])
+    backend = TableBackend()
+    rules.apply_operations(backend, rules.load_rules_file(os.path.join(DATA, "rules.txt")))
+    services = backend.get_services()
+    with open(os.path.join(DATA, "ip_vs.txt"), newline="") as f:
+        kernel_header, kernel_blocks = service_blocks(f.read())
+    ours_header, ours_blocks = service_blocks(procfs.format_ip_vs(services, hz=hz))
+    assert ours_header == kernel_header
+    assert sorted(ours_blocks) == sorted(kernel_blocks)
+    assert len(ours_blocks) == 6
+    # within each table the kernel's order is its hash order; fwmark services come last in both
+    assert [b.startswith("FWM") for b in ours_blocks] == [b.startswith("FWM") for b in kernel_blocks]
+    with open(os.path.join(DATA, "ip_vs_stats.txt"), newline="") as f:
+        assert procfs.format_ip_vs_stats(procfs.total_stats(services)) == f.read()
+    with open(os.path.join(DATA, "ip_vs_conn.txt"), newline="") as f:
+        assert "".join(procfs.iter_ip_vs_conn(backend.iter_connections())) == f.read()

@@ -245,6 +245,10 @@ def test_stats_listing_agrees_with_the_exported_counters(topo, tmp_path, lvsuser
                       "node_ipvs_outgoing_bytes_total")
         assert tuple(int(scraped[name][()]) for name in node_names) == \
             listing[(f"{VIP_NAT}:80", None)]
+        # the six connections closed: each real server holds three inactive ones (TIME_WAIT)
+        backends = exported_backends(scraped)
+        assert backends == listing_backends(director.ipvsadm("-Ln").stdout)
+        assert sorted(inactive for _, _, inactive in backends.values()) == [3, 3]
         counted = director.counters()["core"]
         assert scraped["lvsuser_datapath_events_total"][(("counter", "conn_new"),)] == \
             counted["conn_new"] == 6

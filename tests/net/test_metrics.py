@@ -213,12 +213,31 @@ def stats_listing(text):
     return rows
 
 
+def conn_rows_from_proc(text):
+    """/proc/net/ip_vs_conn -> (proto, client, virtual, dest, state) per IPv4 connection."""
+    def v4(hex_addr, hex_port):
+        value = int(hex_addr, 16)
+        return f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}:" \
+               f"{int(hex_port, 16)}"
+    rows = []
+    for line in text.splitlines()[1:]:
+        w = line.split()
+        rows.append((w[0], v4(w[1], w[2]), v4(w[3], w[4]), v4(w[5], w[6]), w[7]))
+    return rows
+
+
+def conn_rows_from_lnc(text):
+    """`ipvsadm -Lnc` -> the same tuples."""
+    return [(w[0], w[3], w[4], w[5], w[2]) for w in (line.split() for line in text.splitlines()[2:])]
+
+
 def test_stats_listing_agrees_with_the_exported_counters(topo, tmp_path, lvsuser_ready):
     cl, dr, rs = build_nat(topo)
     for n, ns in enumerate(rs):
         start_realserver(topo, ns, f"rs{n + 1}", f"198.18.1.{11 + n}")
     director = Director(topo, dr, str(tmp_path / "control.sock"),
-                        extra_args=("--metrics", "198.18.0.1:9177"))
+                        extra_args=("--metrics", "198.18.0.1:9177",
+                                    "--procfs", str(tmp_path / "proc")))
     director.start()
     try:
         director.ipvsadm("-A", "-t", f"{VIP_NAT}:80", "-s", "rr")
@@ -249,6 +268,11 @@ def test_stats_listing_agrees_with_the_exported_counters(topo, tmp_path, lvsuser
         backends = exported_backends(scraped)
         assert backends == listing_backends(director.ipvsadm("-Ln").stdout)
         assert sorted(inactive for _, _, inactive in backends.values()) == [3, 3]
+        # /proc/net/ip_vs_conn lists what -Lnc lists (the kernel's hex, -Lnc's dotted quads)
+        conn_file = tmp_path / "proc" / "net" / "ip_vs_conn"
+        listed = sorted(conn_rows_from_lnc(director.ipvsadm("-Lnc").stdout))
+        assert len(listed) == 6
+        assert wait_for(lambda: sorted(conn_rows_from_proc(conn_file.read_text())) == listed, 5)
         counted = director.counters()["core"]
         assert scraped["lvsuser_datapath_events_total"][(("counter", "conn_new"),)] == \
             counted["conn_new"] == 6

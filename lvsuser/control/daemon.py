@@ -14,6 +14,8 @@ removed, backend closed), SIGHUP reloads the rules file.  A reload replaces the 
 one transaction -- flush plus the file's rules -- so clients never see a half-loaded table; a
 file that fails to parse or apply is logged and the running table is kept.  Signal handlers
 only set flags; the main loop polls them and does the work outside the handler.
+``--metrics`` and ``--procfs`` (lvsuser/ops) start once the Director exists (the metrics count
+the changes it saves) and stop before the backend closes.
 """
 from __future__ import annotations
 

@@ -214,6 +214,10 @@ def write_atomically(path: str, chunks: Iterable[str]) -> int:
     return written
 
 
+class _Stopped(Exception):
+    """stop() was called during a round."""
+
+
 class ProcfsWriter:
     """Keeps DIR/net/{ip_vs,ip_vs_stats,ip_vs_conn} up to date with a backend until stopped.
 
@@ -253,8 +257,17 @@ class ProcfsWriter:
         self.refreshes[IP_VS] += 1
 
     def write_connections(self) -> None:
-        write_atomically(self.path(IP_VS_CONN), iter_ip_vs_conn(self.backend.iter_connections()))
+        rows = self._until_stopped(self.backend.iter_connections())
+        write_atomically(self.path(IP_VS_CONN), iter_ip_vs_conn(rows))
         self.refreshes[IP_VS_CONN] += 1
+
+    def _until_stopped(self, rows: Iterable[dict]) -> Iterator[dict]:
+        """The rows, abandoned (and the temporary file with them) once stop() is called: a
+        round over a huge table must not rename a file into place after stop removed it."""
+        for count, row in enumerate(rows):
+            if count % 4096 == 0 and self._stop.is_set():
+                raise _Stopped()
+            yield row
 
     def start(self) -> "ProcfsWriter":
         if not os.path.isdir(self.net_dir):
@@ -279,6 +292,8 @@ class ProcfsWriter:
         while not self._stop.wait(max(0.0, next_run - time.monotonic())):
             try:
                 job()
+            except _Stopped:
+                return
             except Exception as exc:  # a full disk or a backend hiccup: say so, keep going
                 log.warning("procfs refresh failed: %s", exc)
             if first_round is not None:

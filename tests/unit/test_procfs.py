@@ -270,3 +270,24 @@ def test_same_bytes_as_kernel_ipvs_for_the_same_rules():
         assert procfs.format_ip_vs_stats(procfs.total_stats(services)) == f.read()
     with open(os.path.join(DATA, "ip_vs_conn.txt"), newline="") as f:
         assert "".join(procfs.iter_ip_vs_conn(backend.iter_connections())) == f.read()
+
+
+class EndlessRows(TableBackend):
+    """A connection table that never ends (as a huge one would seem): stop must still be quick
+    and leave nothing behind."""
+
+    def iter_connections(self):
+        port = 0
+        while True:
+            port = (port + 1) & 0xFFFF
+            yield dict(CONN_ROWS[0], cport=port)
+
+
+def test_stop_abandons_a_round_in_progress_and_leaves_no_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(procfs, "FIRST_ROUND_WAIT", 0.2)
+    writer = procfs.ProcfsWriter(EndlessRows(), str(tmp_path), interval=1).start()
+    assert writer.refreshes[procfs.IP_VS_CONN] == 0  # still writing the first round
+    threads = list(writer._threads)
+    writer.stop()
+    assert not any(thread.is_alive() for thread in threads)  # the endless round was abandoned
+    assert not (tmp_path / "net").exists()  # no temporary, no ip_vs_conn renamed in late

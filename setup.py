@@ -45,7 +45,7 @@ setup(
                              "initializedcheck": False},
         include_path=[".", "lvsuser", "lvsuser/fastpath"],
     ),
-    install_requires=["pyroute2>=0.7.10", "scapy>=2.5"],
+    install_requires=["pyroute2>=0.7.10", "scapy>=2.5", "prometheus-client>=0.17"],
     entry_points={
         "console_scripts": [
             "lvsuser=lvsuser.cli:main",

@@ -8,6 +8,9 @@
     lvsuser mark add|del N [-t|-u] DST[/PREFIX] [--dport P[-Q]] [--source SRC]
     lvsuser mark list                                        firewall-mark rules for -f services
     lvsuser counters [--all] [--json]                        the datapath's counters, explained
+    lvsuser service install|remove [--root DIR] ...         the systemd unit
+    lvsuser service ipvsadm-shim install|remove [--root DIR] /usr/sbin/ipvsadm -> lvsuser ipvsadm
+    lvsuser --version                                        lvsuser X.Y.Z
     lvsuser realserver MODE ...                              set up a real server (nat/tun/dr)
     lvsuser lab ...                                          the seed lab in namespaces
     lvsuser bench ...                                        benchmarks
@@ -29,10 +32,11 @@ commands:
   ipvsadm      the ipvsadm command line, talking to the director
   mark         manage firewall-mark rules for fwmark (-f) services
   counters     what the director's datapath did with each packet (forwarded, dropped: why)
+  service      install/remove the systemd unit (lvsuser.service) and the ipvsadm drop-in
   realserver   configure this host as a real server (nat, tun, dr)
   lab          the classic LVS lab in network namespaces
   bench        benchmarks
-Run `lvsuser COMMAND -h` for a command's options.
+Run `lvsuser COMMAND -h` for a command's options; `lvsuser --version` says which lvsuser.
 """
 
 # subcommand -> (module, function) resolved lazily
@@ -41,6 +45,7 @@ _DELEGATES = {
     "ipvsadm": ("lvsuser.control.ipvsadm.entry", "main"),
     "mark": ("lvsuser.cli", "mark_main"),
     "counters": ("lvsuser.counters", "main"),
+    "service": ("lvsuser.ops.service", "main"),
     "realserver": ("lvsuser.hosts.cli", "main"),
     "lab": ("lvsuser.lab.cli", "main"),
     "bench": ("bench.__main__", "main"),

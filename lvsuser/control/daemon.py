@@ -14,6 +14,8 @@ removed, backend closed), SIGHUP reloads the rules file.  A reload replaces the 
 one transaction -- flush plus the file's rules -- so clients never see a half-loaded table; a
 file that fails to parse or apply is logged and the running table is kept.  Signal handlers
 only set flags; the main loop polls them and does the work outside the handler.
+``--metrics`` and ``--procfs`` (lvsuser/ops) start once the Director exists (the metrics count
+the changes it saves) and stop before the backend closes.
 """
 from __future__ import annotations
 
@@ -67,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="userspace backend's connection-table size (default 4194304; "
                              "memory grows as it fills, about 50 bytes a connection)")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    from lvsuser.ops import runner as ops_runner
+    ops_runner.add_arguments(parser)  # --metrics, --procfs
     return parser
 
 
@@ -346,6 +350,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     if initial:
         log.info("starting with %d rules from %s", len(initial), source)
     director = Director(backend, control, args.rules, state)
+    from lvsuser.ops import runner as ops_runner
+    try:  # after Director: the metrics count the changes it saves
+        extras = ops_runner.start(backend, metrics=args.metrics, procfs=args.procfs)
+    except ops_runner.OpsError as exc:
+        print(f"lvsuser: {exc}", file=sys.stderr)
+        backend.close(keep_state=state is not None and not backend.is_empty())
+        return 1
     stopped = False
     try:
         if state is not None and args.rules:
@@ -363,6 +374,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         finally:
             restore_handlers()
     finally:
+        extras.stop()
         if stopped:
             director.close()
         else:  # not a clean stop: what was saved stays

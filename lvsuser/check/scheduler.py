@@ -77,8 +77,10 @@ class CheckLoop:
 
     async def _checker_task(self, pool: Pool, rs_key: tuple, index: int,
                             first_delay: float) -> None:
+        # the flag as well as the cancellation: Python 3.11's wait_for may swallow a cancel
+        # that races with the end of what it waits for
         await asyncio.sleep(first_delay)
-        while True:
+        while id(pool) in self._tasks:
             delay = await run_one(pool, rs_key, index)
             await asyncio.sleep(delay)
 
@@ -98,10 +100,11 @@ class CheckLoop:
 
     async def _remove(self, pool: Pool) -> None:
         tasks = self._tasks.pop(id(pool), [])
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        while tasks:
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=1.0)
+            tasks = [task for task in tasks if not task.done()]
 
     def _call(self, coroutine, timeout: float = 30.0):
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
@@ -118,10 +121,12 @@ class CheckLoop:
 
     def close(self) -> None:
         async def cancel_all():
-            for key in list(self._tasks):
-                for task in self._tasks.pop(key):
+            tasks = [task for key in list(self._tasks) for task in self._tasks.pop(key)]
+            while tasks:
+                for task in tasks:
                     task.cancel()
-            await asyncio.sleep(0)
+                await asyncio.wait(tasks, timeout=1.0)
+                tasks = [task for task in tasks if not task.done()]
 
         if self.loop.is_closed():
             return

@@ -8,6 +8,8 @@
     lvsuser mark add|del N [-t|-u] DST[/PREFIX] [--dport P[-Q]] [--source SRC]
     lvsuser mark list                                        firewall-mark rules for -f services
     lvsuser counters [--all] [--json]                        the datapath's counters, explained
+    lvsuser keepalived check FILE                            validate a keepalived.conf
+    lvsuser drain -t VIP:PORT -r RIP:PORT [--timeout S] [--remove]   drain a real server
     lvsuser realserver MODE ...                              set up a real server (nat/tun/dr)
     lvsuser lab ...                                          the seed lab in namespaces
     lvsuser bench ...                                        benchmarks
@@ -29,6 +31,8 @@ commands:
   ipvsadm      the ipvsadm command line, talking to the director
   mark         manage firewall-mark rules for fwmark (-f) services
   counters     what the director's datapath did with each packet (forwarded, dropped: why)
+  keepalived   keepalived.conf tools (`keepalived check FILE`: validate, print the rules)
+  drain        weight 0, wait for a real server's connections to end, remove it
   realserver   configure this host as a real server (nat, tun, dr)
   lab          the classic LVS lab in network namespaces
   bench        benchmarks
@@ -41,6 +45,8 @@ _DELEGATES = {
     "ipvsadm": ("lvsuser.control.ipvsadm.entry", "main"),
     "mark": ("lvsuser.cli", "mark_main"),
     "counters": ("lvsuser.counters", "main"),
+    "keepalived": ("lvsuser.keepalived.cli", "main"),
+    "drain": ("lvsuser.drain", "main"),
     "realserver": ("lvsuser.hosts.cli", "main"),
     "lab": ("lvsuser.lab.cli", "main"),
     "bench": ("bench.__main__", "main"),

@@ -210,7 +210,7 @@ class Pool:
             checker.last_reason = reason
             delay, event = checker.epilogue(ok)
             if not ok and event is None and checker.retry_it:
-                log.info("%s on %s failed (%s), retry %d of %d in %.3gs", checker.config.kind,
+                (log.info if checker.is_up else log.debug)("%s on %s failed (%s), retry %d of %d in %.3gs", checker.config.kind,
                          format_rs(rs.config), reason, checker.retry_it, checker.timing.retry,
                          delay)
             if event is not None:
@@ -342,3 +342,11 @@ class Pool:
                     self._dest_cmd(True, new_rs)
                 if not new_rs.num_failed and not new_rs.alive:
                     self.perform_svr_state(new_rs, True)
+            # servers new in the configuration start as at start-up (init_service_rs)
+            for key, new_rs in self.servers.items():
+                if key in old.servers:
+                    continue
+                if new_rs.num_failed == 0:
+                    self.perform_svr_state(new_rs, True)
+                elif new_rs.inhibit:
+                    self._dest_cmd(False, new_rs)

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-conns", type=_positive_int, default=None, metavar="N",
                         help="userspace backend's connection-table size (default 4194304; "
                              "memory grows as it fills, about 50 bytes a connection)")
+    parser.add_argument("--keepalived-conf", default=None, metavar="FILE",
+                        help="run the virtual_server blocks of a keepalived.conf with their "
+                             "health checks (its services are owned by it; SIGHUP reloads it)")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return parser
 
@@ -167,6 +170,7 @@ class Director:
         self._reload_requested = False
         self.ready = threading.Event()
         self.reloads = 0  # successful reloads, for observers
+        self.keepalived = None  # a KeepalivedRunner (--keepalived-conf): reloaded on SIGHUP too
 
     def load_rules(self) -> None:
         """Initial load; raises RulesError/OSError, leaving the table empty as it was."""
@@ -176,6 +180,10 @@ class Director:
             log.info("loaded %d rules from %s", len(operations), self.rules_path)
 
     def reload(self) -> bool:
+        if self.keepalived is not None:
+            done = self.keepalived.reload()
+            if not self.rules_path:
+                return done
         if not self.rules_path:
             log.info("SIGHUP: no --rules file to reload")
             return False
@@ -346,6 +354,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     if initial:
         log.info("starting with %d rules from %s", len(initial), source)
     director = Director(backend, control, args.rules, state)
+    if args.keepalived_conf:  # its services join the table before the socket says "ready"
+        from lvsuser.keepalived.runner import KeepalivedConfError, KeepalivedRunner
+        director.keepalived = KeepalivedRunner(args.keepalived_conf, backend)
+        try:
+            director.keepalived.start()
+        except KeepalivedConfError as exc:
+            print(f"lvsuser: {args.keepalived_conf} cannot be run:\n{exc}", file=sys.stderr)
+            director.keepalived.close()
+            backend.close(keep_state=state is not None and not backend.is_empty())
+            return 1
     stopped = False
     try:
         if state is not None and args.rules:
@@ -363,6 +381,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         finally:
             restore_handlers()
     finally:
+        if director.keepalived is not None:
+            director.keepalived.close()  # checks stop; the rules stay with the table
         if stopped:
             director.close()
         else:  # not a clean stop: what was saved stays

@@ -1,0 +1,255 @@
+"""keepalived.conf: syntax (comments, quotes, braces, include), meaning (virtual_server by
+address, fwmark and group; real_server and checker keywords; keepalived's defaults), messages
+naming file and line, and `lvsuser keepalived check`."""
+from __future__ import annotations
+
+import glob
+import ipaddress
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from lvsuser import model
+from lvsuser.keepalived.config import VRRP_NOTE, load
+from lvsuser.keepalived.parser import split_words
+
+SAMPLES = "/usr/share/doc/keepalived/samples"
+
+
+def write(tmp_path, text, name="keepalived.conf"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_words_quotes_comments_and_braces():
+    assert split_words('  notify_up "/bin/x a b" # comment') == ["notify_up", "/bin/x a b"]
+    assert split_words("real_server 1.2.3.4 80{weight 2}") == [
+        "real_server", "1.2.3.4", "80", "{", "weight", "2", "}"]
+    assert split_words("! a whole comment") == []
+    assert split_words("path /a!b#c") == ["path", "/a!b#c"]  # inside a word: not a comment
+
+
+def test_a_full_virtual_server(tmp_path):
+    path = write(tmp_path, """
+virtual_server 198.18.0.1 80 {
+    delay_loop 3
+    lvs_sched wrr
+    lvs_method DR
+    persistence_timeout
+    persistence_granularity 255.255.255.0
+    protocol TCP
+    quorum 2
+    hysteresis 1
+    quorum_up "/bin/echo up"
+    sorry_server 198.18.1.99 8080
+    alpha
+    real_server 198.18.1.1 80 {
+        weight 3
+        inhibit_on_failure
+        notify_down "/usr/local/bin/down.sh 198.18.1.1 DOWN"
+        HTTP_GET {
+            url {
+                path /health
+                digest 9B3A0C85A887A256D6939DA88AABD8CD
+                status_code 200 301-302
+            }
+            virtualhost www.example.test
+            connect_timeout 2
+            retry 4
+        }
+    }
+    real_server 198.18.1.2 80 {
+        lvs_method NAT
+        MISC_CHECK {
+            misc_path "/usr/bin/check arg1"
+            misc_timeout 5
+            misc_dynamic
+        }
+        TCP_CHECK { connect_port 8080 }
+    }
+}
+""")
+    conf = load(path)
+    assert conf.errors == []
+    (vs,) = conf.virtual_servers
+    (svc,) = vs.services
+    assert (svc.addr, svc.port, svc.protocol, svc.scheduler) == (
+        ipaddress.ip_address("198.18.0.1"), 80, model.IPPROTO_TCP, "wrr")
+    assert svc.flags & model.SVC_F_PERSISTENT and svc.timeout == 360  # keepalived's default
+    assert svc.netmask == 0xFFFFFF00
+    assert (vs.delay_loop, vs.quorum, vs.hysteresis, vs.alpha) == (3, 2, 1, True)
+    assert vs.quorum_up == ["/bin/echo", "up"]
+    assert (str(vs.sorry_server.addr), vs.sorry_server.port) == ("198.18.1.99", 8080)
+    rs1, rs2 = vs.real_servers
+    assert (rs1.weight, rs1.fwd, rs1.inhibit_on_failure) == (3, model.Forward.ROUTE, True)
+    assert rs1.notify_down == ["/usr/local/bin/down.sh", "198.18.1.1", "DOWN"]
+    (http,) = rs1.checkers
+    assert http.kind == "HTTP_GET" and (http.connect_timeout, http.retry) == (2, 4)
+    assert http.options["urls"] == [{"path": "/health",
+                                     "digest": "9b3a0c85a887a256d6939da88aabd8cd",
+                                     "status_code": {200, 301, 302}}]
+    assert http.options["virtualhost"] == "www.example.test"
+    assert (rs2.weight, rs2.fwd) == (1, model.Forward.MASQ)
+    misc, tcp = rs2.checkers
+    assert misc.options == {"misc_path": "/usr/bin/check arg1", "misc_timeout": 5,
+                            "misc_dynamic": True}
+    assert tcp.kind == "TCP_CHECK" and tcp.connect_port == 8080
+
+
+def test_groups_fwmark_and_includes(tmp_path):
+    (tmp_path / "conf.d").mkdir()
+    write(tmp_path, """virtual_server_group WEB {
+    198.18.0.10-12 80
+    fwmark 9
+}
+""", "conf.d/groups.conf")
+    path = write(tmp_path, """include conf.d/*.conf
+virtual_server group WEB {
+    lb_algo rr
+    real_server 198.18.1.1 80 { TCP_CHECK {} }
+}
+virtual_server fwmark 5 {
+    protocol UDP
+    real_server 198.18.1.2 53 { weight 2 }
+}
+""")
+    conf = load(path)
+    assert conf.errors == []
+    group, mark = conf.virtual_servers
+    keys = [(str(s.addr), s.port) if not s.fwmark else ("fwmark", s.fwmark)
+            for s in group.services]
+    assert keys == [("198.18.0.10", 80), ("198.18.0.11", 80), ("198.18.0.12", 80),
+                    ("fwmark", 9)]
+    assert mark.services[0].fwmark == 5 and mark.services[0].protocol == 0
+    # the table it makes: every group member gets the real server
+    services = conf.services()
+    assert len(services) == 5
+    assert all(len(s.dests) == 1 for s in services)
+
+
+def test_unknown_keyword_is_an_error_with_file_and_line(tmp_path):
+    path = write(tmp_path, """virtual_server 198.18.0.1 80 {
+    real_server 198.18.1.1 80 {
+        wieght 3
+    }
+}
+""")
+    conf = load(path)
+    assert [str(m) for m in conf.errors] == [
+        f"{path}:3: error: unknown keyword 'wieght' in real_server"]
+
+
+def test_unsupported_keepalived_keywords_are_named_not_fatal(tmp_path):
+    path = write(tmp_path, """global_defs {
+    router_id LVS_1
+    smtp_server 198.18.9.9
+}
+vrrp_instance VI_1 {
+    state MASTER
+}
+virtual_server 198.18.0.1 80 {
+    smtp_alert
+    real_server 198.18.1.1 80 {
+        HTTP_GET {
+            url { path /
+                  regex "ok" }
+            bind_if eth0
+        }
+    }
+}
+""")
+    conf = load(path)
+    assert conf.errors == []
+    text = [str(m) for m in conf.messages]
+    assert f"{path}:2: note: global_defs router_id: {VRRP_NOTE}" in text
+    assert f"{path}:5: note: vrrp_instance: {VRRP_NOTE}" in text
+    warned = {(m.where, re.search(r"'(\w+)'", m.text).group(1))
+              for m in conf.messages if m.level == "warning"}
+    assert warned == {(f"{path}:3", "smtp_server"), (f"{path}:9", "smtp_alert"),
+                      (f"{path}:13", "regex"), (f"{path}:14", "bind_if")}
+
+
+@pytest.mark.parametrize("text,message", [
+    ("virtual_server 198.18.0.1 80 {\n", "block not closed"),
+    ("}\n", "'}' without an open block"),
+    ("virtual_server group NOPE {\n}\n", "virtual_server_group 'NOPE' is not defined"),
+    ("virtual_server 198.18.0.1 80 {\n real_server 198.18.1.1 80 {\n HTTP_GET {\n }\n }\n}\n",
+     "HTTP_GET has no url"),
+    ("virtual_server 198.18.0.1 80 {\n lvs_method FOO\n}\n", "lvs_method FOO"),
+    ("include missing/*.conf\n", "no such file"),
+])
+def test_errors(tmp_path, text, message):
+    conf = load(write(tmp_path, text))
+    assert conf.errors and message in str(conf.errors[0])
+
+
+def test_check_command_prints_the_rules(tmp_path):
+    path = write(tmp_path, """virtual_server 198.18.0.1 80 {
+    lb_algo rr
+    lb_kind NAT
+    persistence_timeout 50
+    real_server 198.18.1.3 80 { weight 2
+        TCP_CHECK { connect_timeout 3 } }
+    real_server 198.18.1.2 80 { weight 1
+        TCP_CHECK { alpha } }
+}
+""")
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    done = subprocess.run([sys.executable, "-m", "lvsuser", "keepalived", "check", path],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    # keepalived programs only the servers that start alive: the alpha one waits
+    assert done.stdout == ("-A -t 198.18.0.1:80 -s rr -p 50\n"
+                           "-a -t 198.18.0.1:80 -r 198.18.1.3:80 -m -w 2\n")
+    bad = write(tmp_path, "virtual_server 198.18.0.1 80 {\n lb_algo rr\n bogus 1\n}\n", "b.conf")
+    done = subprocess.run([sys.executable, "-m", "lvsuser", "keepalived", "check", bad],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 1 and f"{bad}:3: error: unknown keyword 'bogus'" in done.stderr
+
+
+# --- Debian's samples ------------------------------------------------------------------------
+
+def map_addresses(text: str) -> str:
+    """Every IPv4 address of a sample moved into 198.18.0.0/15 (last two octets kept), so the
+    rules stay distinct; done here, not in the files."""
+    def move(match):
+        octets = match.group(0).split(".")
+        if int(octets[0]) == 255:  # a netmask stays a netmask
+            return match.group(0)
+        return f"198.{18 + int(octets[1]) % 2}.{octets[2]}.{octets[3]}"
+    return re.sub(r"\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\b", move, text)
+
+
+def sample_files():
+    return sorted(glob.glob(os.path.join(SAMPLES, "keepalived.conf.*")))
+
+
+def test_debian_samples_are_installed():
+    assert sample_files(), f"no keepalived samples in {SAMPLES}: run tools/setup.sh"
+
+
+@pytest.mark.parametrize("sample", sample_files() or ["(none)"], ids=os.path.basename)
+def test_debian_sample_loads(tmp_path, sample):
+    if sample == "(none)":
+        pytest.fail(f"no keepalived samples in {SAMPLES}: run tools/setup.sh")
+    opener = open
+    if sample.endswith(".gz"):
+        import gzip
+        opener = gzip.open
+    with opener(sample, "rt", errors="replace") as handle:
+        text = map_addresses(handle.read())
+    path = write(tmp_path, text, os.path.basename(sample).removesuffix(".gz"))
+    conf = load(path)
+    # every message names its place; errors only for keywords no keepalived knows
+    for message in conf.messages:
+        assert re.match(rf"{re.escape(path)}:\d+$", message.where), message
+    assert conf.errors == [], "\n".join(map(str, conf.errors))
+    for svc in conf.services():
+        addresses = [svc.addr] if svc.addr else []
+        addresses += [d.addr for d in svc.dests]
+        assert all(a in ipaddress.ip_network("198.18.0.0/15") or a.version == 6
+                   for a in addresses)

@@ -256,3 +256,32 @@ def test_pool_delays_follow_the_epilogue(retry):
     delays = [pool.checker_result((rip(1), 80), 0, False) for _ in range(retry + 1)]
     assert delays == [1.0] * retry + [6.0]
     assert table_dests(backend) == {}
+
+
+def test_alpha_first_failure_runs_notify_down_once():
+    backend = TableBackend()
+    notify = Recorder()
+    server = rs(1, alpha=True, notify_down=["/x/down"], notify_up=["/x/up"])
+    pool = Pool(vs_config([server]), backend, notify)
+    pool.start()
+    pool.checker_result((rip(1), 80), 0, False)
+    pool.checker_result((rip(1), 80), 0, False)
+    assert notify.calls == [["/x/down"]]  # keepalived tells once that it never came up
+    pool.checker_result((rip(1), 80), 0, True)
+    assert notify.calls == [["/x/down"], ["/x/up"]]
+
+
+@pytest.mark.parametrize("omega", [False, True])
+def test_omega_runs_down_scripts_at_shutdown(omega):
+    backend = TableBackend()
+    notify = Recorder()
+    config = vs_config([rs(1, notify_down=["/x/down", "1"]), rs(2, notify_down=["/x/down", "2"],
+                                                                  alpha=True)],
+                       omega=omega, quorum_down=["/q/down"])
+    pool = Pool(config, backend, notify)
+    pool.start()
+    notify.calls.clear()
+    pool.shutdown_notifies()
+    # only alive servers go down; the rules themselves stay for the next start
+    assert notify.calls == ([["/x/down", "1"], ["/q/down"]] if omega else [])
+    assert table_dests(backend) == {("198.18.1.1", 80): 1}

@@ -208,6 +208,12 @@ class Pool:
             rs = self.servers[rs_key]
             checker = rs.checkers[index]
             checker.last_reason = reason
+            # a dynamic weight first (check_misc.c): a server coming up comes with it
+            if ok and weight is not None:
+                if rs.alive:
+                    self.update_weight(rs, weight)
+                else:
+                    rs.weight = weight
             delay, event = checker.epilogue(ok)
             if not ok and event is None and checker.retry_it:
                 (log.info if checker.is_up else log.debug)("%s on %s failed (%s), retry %d of %d in %.3gs", checker.config.kind,
@@ -221,10 +227,6 @@ class Pool:
                              reason, f" after {checker.timing.retry} retries"
                              if checker.timing.retry and checker.has_run else "")
                 self._checker_event(rs, checker, ok)
-            if ok and weight is not None and rs.alive:
-                self.update_weight(rs, weight)
-            elif ok and weight is not None:
-                rs.weight = weight
             return delay
 
     def _checker_event(self, rs: RealServerState, checker: CheckerState, alive: bool) -> None:

@@ -39,7 +39,12 @@ class CheckerState:
     last_reason: str = ""
 
     def epilogue(self, ok: bool) -> tuple[float, Optional[str]]:
-        """(seconds until the next check, UP/DOWN event or None) for one result."""
+        """(seconds until the next check, UP/DOWN event or None) for one result.  MISC_CHECK
+        (check_misc.c) spends retries only while it is up: a failed script that keeps failing
+        runs every delay_loop."""
+        if not ok and not self.is_up and self.has_run and self.config.kind == "MISC_CHECK":
+            self.retry_it = 0
+            return self.timing.delay_loop, None
         if ok or self.retry_it >= self.timing.retry:
             delay = self.timing.delay_loop
             self.retry_it = 0

@@ -54,11 +54,7 @@ async def run_one(pool: Pool, rs_key: tuple, index: int) -> float:
     except Exception as exc:  # a checker bug is a failed check, logged, not a dead task
         log.exception("%s on %s raised", config.kind, target)
         result = Result(False, f"checker error: {exc}")
-    weight = result.weight
-    if result.ok and weight is None and config.kind == "MISC_CHECK" \
-            and config.options.get("misc_dynamic"):
-        weight = rs.config.weight  # exit 0 under misc_dynamic: the configured weight again
-    return pool.checker_result(rs_key, index, result.ok, weight, result.reason)
+    return pool.checker_result(rs_key, index, result.ok, result.weight, result.reason)
 
 
 class CheckLoop:

@@ -500,7 +500,10 @@ class _Reader:
             elif kind in ("HTTP_GET", "SSL_GET") and keyword == "virtualhost":
                 options["virtualhost"] = self.arg(child)
             elif kind == "MISC_CHECK" and keyword == "misc_path":
-                options["misc_path"] = " ".join(child.args)
+                # one quoted word holds the program and its arguments; several words are
+                # the program and its arguments already split
+                options["misc_path"] = child.args[0] if len(child.args) == 1 else \
+                    shlex.join(child.args)
             elif kind == "MISC_CHECK" and keyword == "misc_timeout":
                 value = self.number(child, 0.001, 2**31, integer=False)
                 if value is not None:

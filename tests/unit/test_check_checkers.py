@@ -157,7 +157,7 @@ def test_ssl_get_over_tls_and_not_over_plain_http(tls_server, web_server):
     ("exit 1", True, False, None),
 ])
 def test_misc_check_exit_codes(command, dynamic, ok, weight):
-    checker = CheckerConfig("MISC_CHECK", options={"misc_path": command,
+    checker = CheckerConfig("MISC_CHECK", options={"misc_path": f"/bin/sh -c '{command}'",
                                                    "misc_dynamic": dynamic})
     result = run(misc.check(checker, Target(LOOP, 80), 5.0))
     assert (result.ok, result.weight) == (ok, weight)
@@ -166,7 +166,7 @@ def test_misc_check_exit_codes(command, dynamic, ok, weight):
 def test_misc_check_timeout_kills_the_script(tmp_path):
     marker = tmp_path / "survived"
     checker = CheckerConfig("MISC_CHECK",
-                            options={"misc_path": f"sleep 1.2; touch {marker}"})
+                            options={"misc_path": f"/bin/sh -c 'sleep 1.2; touch {marker}'"})
     result = run(misc.check(checker, Target(LOOP, 80), 0.3))
     assert not result.ok and result.reason == "timed out"
     time.sleep(1.5)
@@ -178,9 +178,13 @@ def test_misc_check_gets_its_arguments(tmp_path):
     script = tmp_path / "probe.sh"
     script.write_text(f'#!/bin/sh\necho "$@" > {out}\n')
     script.chmod(0o755)
-    checker = CheckerConfig("MISC_CHECK", options={"misc_path": f"{script} one two"})
+    checker = CheckerConfig("MISC_CHECK",
+                            options={"misc_path": f'{script} one "two words" a\\ b'})
     assert run(misc.check(checker, Target(LOOP, 80), 5.0)).ok
-    assert out.read_text() == "one two\n"
+    assert out.read_text() == "one two words a b\n"
+    # no shell in between: a shell word is not a program
+    assert not run(misc.check(CheckerConfig("MISC_CHECK", options={"misc_path": "exit 0"}),
+                              Target(LOOP, 80), 5.0)).ok
 
 
 def udp_server(reply: bool = True, data_for=lambda d: d):

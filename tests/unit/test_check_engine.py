@@ -193,6 +193,24 @@ def test_starting_without_quorum_puts_the_sorry_server_in():
     assert table_dests(backend) == {("198.18.1.1", 80): 1}
 
 
+def test_misc_check_spends_retries_only_while_up():
+    state = CheckerState(CheckerConfig("MISC_CHECK"), timing(retry=2))
+    state.has_run = True
+    assert [state.epilogue(False) for _ in range(3)] == [(2.0, None), (2.0, None), (6.0, DOWN)]
+    state.is_up = False
+    assert [state.epilogue(False) for _ in range(2)] == [(6.0, None), (6.0, None)]
+    assert state.epilogue(True) == (6.0, UP)
+
+
+def test_dynamic_weight_of_a_server_coming_up_is_its_first_weight():
+    backend = TableBackend()
+    pool = Pool(vs_config([rs(1, weight=10), rs(2)]), backend, Recorder())
+    pool.start()
+    pool.checker_result((rip(1), 80), 0, False)
+    pool.checker_result((rip(1), 80), 0, True, weight=4)
+    assert table_dests(backend) == {("198.18.1.1", 80): 4, ("198.18.1.2", 80): 1}
+
+
 def test_dynamic_weight_edits_in_place():
     backend = TableBackend()
     pool = Pool(vs_config([rs(1, weight=10)]), backend, Recorder())

@@ -350,7 +350,9 @@ class _Reader:
             elif keyword == "ip_family":
                 if child.args[:1] not in (["inet"], ["inet6"]):
                     self.error(child, "ip_family is inet or inet6")
-            elif keyword in ("virtualhost", "smtp_alert", "retry_on_failure",
+            elif keyword in ("virtualhost", "smtp_alert", "retry_on_failure", "nat_mask",
+                             "failover_threshold", "failover_up", "failover_down",
+                             "backup_real_server", "sorry_server_inhibit_on_failure",
                              "lvs_sched_flags", "persistence_engine", "tunnel_type"):
                 self.warn_unsupported(child, "virtual_server")
             else:

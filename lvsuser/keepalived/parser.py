@@ -6,7 +6,9 @@ keepalived reads its file line by line (lib/parser.c): a line is split into word
 ``"..."`` keeps blanks inside one word, ``#`` or ``!`` begins a comment, ``{`` opens the block
 of the keyword on its line (or of the line before, when it stands alone) and ``}`` closes it.
 ``include GLOB`` at any level reads the matching files in place (a relative pattern is taken
-from the including file's directory, as keepalived does).  We build a tree of ``Node``s --
+from the including file's directory, as keepalived does).  ``@ID`` before a line keeps it only
+for config id ID (keepalived's -i, by default the short host name; ``@^ID``: all but ID), and
+``$NAME=value`` defines what ``$NAME``/``${NAME}`` stand for in later lines.  We build a tree of ``Node``s --
 keyword, arguments, children, file and line -- and leave meaning to ``config.py``.
 """
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
+import re
+import socket
 from typing import Optional
 
 MAX_INCLUDE_DEPTH = 8
@@ -73,8 +77,33 @@ def split_words(line: str) -> list[str]:
     return words
 
 
-def _lines(path: str, depth: int):
-    """(where, words) for every non-empty line of the file, includes expanded."""
+def config_id() -> str:
+    """keepalived's default config id (`-i`): the host name up to its first dot."""
+    return socket.gethostname().split(".")[0]
+
+
+_VARIABLE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
+
+
+def _conditional(line: str, ident: str) -> Optional[str]:
+    """keepalived's '@ID line' (only for config id ID) and '@^ID line' (for any other): the
+    line to read, or None."""
+    stripped = line.lstrip()
+    if not stripped.startswith("@"):
+        return line
+    head, _, rest = stripped[1:].partition(" ")
+    if "\t" in head:
+        head, _, more = head.partition("\t")
+        rest = more + " " + rest
+    negate = head.startswith("^")
+    wanted = head[1:] if negate else head
+    return rest if (wanted == ident) != negate else None
+
+
+def _lines(path: str, depth: int, variables: Optional[dict] = None):
+    """(where, words) for every non-empty line of the file, includes expanded, conditional
+    lines and $VARIABLES resolved."""
+    variables = {} if variables is None else variables
     if depth > MAX_INCLUDE_DEPTH:
         raise ConfError(path, "include nested too deep")
     try:
@@ -82,11 +111,26 @@ def _lines(path: str, depth: int):
             text = handle.read()
     except OSError as exc:
         raise ConfError(path, f"cannot read: {exc.strerror}") from exc
-    for number, line in enumerate(text.splitlines(), 1):
+    ident = config_id()
+    for number, raw in enumerate(text.splitlines(), 1):
+        where = f"{path}:{number}"
+        line = _conditional(raw, ident)
+        if line is None:
+            continue
+        definition = re.match(r"\s*\$(\w+)\s*=(.*)$", line)
+        if definition:  # $NAME=value defines a variable for the lines after it
+            variables[definition.group(1)] = definition.group(2).strip()
+            continue
+        if "$" in line:
+            def substitute(match):
+                name = match.group(1) or match.group(2)
+                if name not in variables:
+                    raise ConfError(where, f"${name} is not defined")
+                return variables[name]
+            line = _VARIABLE.sub(substitute, line)
         words = split_words(line)
         if not words:
             continue
-        where = f"{path}:{number}"
         if words[0] == "include":
             if len(words) < 2:
                 raise ConfError(where, "include needs a file name")
@@ -97,7 +141,7 @@ def _lines(path: str, depth: int):
             if not matches:
                 raise ConfError(where, f"include {words[1]}: no such file")
             for match in matches:
-                yield from _lines(match, depth + 1)
+                yield from _lines(match, depth + 1, variables)
             continue
         yield where, words
 

@@ -214,18 +214,36 @@ def test_check_command_prints_the_rules(tmp_path):
 # --- Debian's samples ------------------------------------------------------------------------
 
 def map_addresses(text: str) -> str:
-    """Every IPv4 address of a sample moved into 198.18.0.0/15 (last two octets kept), so the
-    rules stay distinct; done here, not in the files."""
-    def move(match):
+    """Every address of a sample moved into the test ranges -- IPv4 into 198.18.0.0/15 (last
+    two octets kept), IPv6 into 2001:db8::/32 (last 64 bits kept) -- so the rules stay
+    distinct; done here, not in the files."""
+    def move4(match):
         octets = match.group(0).split(".")
         if int(octets[0]) == 255:  # a netmask stays a netmask
             return match.group(0)
         return f"198.{18 + int(octets[1]) % 2}.{octets[2]}.{octets[3]}"
-    return re.sub(r"\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\b", move, text)
+
+    def move6(match):
+        try:
+            address = ipaddress.IPv6Address(match.group(0))
+        except ValueError:
+            return match.group(0)
+        low = int(address) & (2**64 - 1)
+        return str(ipaddress.IPv6Address((0x20010db8 << 96) | low))
+
+    text = re.sub(r"\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\b", move4, text)
+    return re.sub(r"(?<![\w:])[0-9a-fA-F]{0,4}(?::[0-9a-fA-F]{0,4}){2,7}(?![\w:])", move6, text)
 
 
 def sample_files():
     return sorted(glob.glob(os.path.join(SAMPLES, "keepalived.conf.*")))
+
+
+def test_address_mapping():
+    assert map_addresses("real_server 192.168.201.100 443 255.255.255.0") == \
+        "real_server 198.18.201.100 443 255.255.255.0"
+    assert map_addresses("ae00::2-9 80\nvirtual_server ae00::1 80 {") == \
+        "2001:db8::2-9 80\nvirtual_server 2001:db8::1 80 {"
 
 
 def test_debian_samples_are_installed():
@@ -251,5 +269,27 @@ def test_debian_sample_loads(tmp_path, sample):
     for svc in conf.services():
         addresses = [svc.addr] if svc.addr else []
         addresses += [d.addr for d in svc.dests]
-        assert all(a in ipaddress.ip_network("198.18.0.0/15") or a.version == 6
-                   for a in addresses)
+        assert all(a in ipaddress.ip_network("198.18.0.0/15") or
+                   a in ipaddress.ip_network("2001:db8::/32") for a in addresses), addresses
+
+
+def test_conditional_lines_and_variables(tmp_path, monkeypatch):
+    monkeypatch.setattr("lvsuser.keepalived.parser.config_id", lambda: "high")
+    path = write(tmp_path, """$VIP=198.18.0.7
+$PORT=8080
+virtual_server $VIP ${PORT} {
+@high    lb_algo wrr
+@low     lb_algo rr
+@^low    real_server 198.18.1.1 $PORT { weight 4 }
+@^high   real_server 198.18.1.2 $PORT { weight 5 }
+}
+""")
+    conf = load(path)
+    assert conf.errors == []
+    (vs,) = conf.virtual_servers
+    assert (str(vs.services[0].addr), vs.services[0].port) == ("198.18.0.7", 8080)
+    assert vs.services[0].scheduler == "wrr"
+    assert [(str(r.addr), r.port, r.weight) for r in vs.real_servers] == [
+        ("198.18.1.1", 8080, 4)]
+    bad = load(write(tmp_path, "virtual_server $NOPE 80 {\n}\n", "u.conf"))
+    assert "$NOPE is not defined" in str(bad.errors[0])

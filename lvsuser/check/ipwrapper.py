@@ -352,3 +352,5 @@ class Pool:
                     self.perform_svr_state(new_rs, True)
                 elif new_rs.inhibit:
                     self._dest_cmd(False, new_rs)
+            # quorum settings may have changed (init_service_vs after a reload)
+            self._update_quorum(init=True)

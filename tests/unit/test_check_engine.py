@@ -303,3 +303,15 @@ def test_omega_runs_down_scripts_at_shutdown(omega):
     # only alive servers go down; the rules themselves stay for the next start
     assert notify.calls == ([["/x/down", "1"], ["/q/down"]] if omega else [])
     assert table_dests(backend) == {("198.18.1.1", 80): 1}
+
+
+def test_reload_with_a_higher_quorum_brings_the_sorry_server():
+    backend = TableBackend()
+    sorry = RealServerConfig(addr=rip(9), port=80)
+    old = Pool(vs_config([rs(1), rs(2)], sorry_server=sorry), backend, Recorder())
+    old.start()
+    assert table_dests(backend) == {("198.18.1.1", 80): 1, ("198.18.1.2", 80): 1}
+    new = Pool(vs_config([rs(1), rs(2)], sorry_server=sorry, quorum=3), backend, Recorder())
+    new.adopt(old)
+    assert not new.quorum_up
+    assert table_dests(backend) == {("198.18.1.9", 80): 1}

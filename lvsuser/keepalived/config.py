@@ -350,7 +350,9 @@ class _Reader:
             elif keyword == "ip_family":
                 if child.args[:1] not in (["inet"], ["inet6"]):
                     self.error(child, "ip_family is inet or inet6")
-            elif keyword in ("virtualhost", "smtp_alert", "retry_on_failure", "nat_mask",
+            elif keyword == "virtualhost":  # the HTTP checkers' Host unless they name one
+                settings["virtualhost"] = self.arg(child)
+            elif keyword in ("smtp_alert", "retry_on_failure", "nat_mask",
                              "failover_threshold", "failover_up", "failover_down",
                              "backup_real_server", "sorry_server_inhibit_on_failure",
                              "lvs_sched_flags", "persistence_engine", "tunnel_type"):
@@ -402,6 +404,10 @@ class _Reader:
                 self.error(child, f"real_server {rs.addr} {rs.port} is listed twice")
                 continue
             vs.real_servers.append(rs)
+            for checker in rs.checkers:
+                if checker.kind in ("HTTP_GET", "SSL_GET") and settings.get("virtualhost") \
+                        and not checker.options.get("virtualhost"):
+                    checker.options["virtualhost"] = settings["virtualhost"]
         return vs
 
     def netmask(self, node: Node, text: str, af: int, default: int) -> int:

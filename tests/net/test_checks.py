@@ -9,6 +9,7 @@ servers, a bounded curl loop from the client, checks leaving from the director.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -304,5 +305,79 @@ virtual_server {VIP_NAT} 5353 {{
         assert wait_for(lambda: udp_dests() == set(), timeout=5), director.log()
         assert "UDP_CHECK on 198.18.1.11:5353 failed" in director.log()
         assert "DNS_CHECK on 198.18.1.12:5353 failed" in director.log()
+    finally:
+        assert director.stop() == 0, director.log()
+
+
+# An HTTPS server (self-signed certificate) answering its name on every GET.
+HTTPS_SERVER = r"""
+import http.server, ssl, sys
+name, cert, key = sys.argv[1], sys.argv[2], sys.argv[3]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = name.encode() + b"\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+server = http.server.ThreadingHTTPServer(("0.0.0.0", 443), H)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+server.socket = context.wrap_socket(server.socket, server_side=True)
+print("ready", flush=True)
+server.serve_forever()
+"""
+
+
+def test_ssl_get_on_https_servers(topo, tmp_path, lvsuser_ready):
+    cl, dr, rs = build_nat(topo)
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "2", "-subj", "/CN=rs.test"],
+                   check=True, capture_output=True, timeout=60)
+    procs = []
+    for n, ns in enumerate(rs):
+        proc = topo.popen(ns, [sys.executable, "-c", HTTPS_SERVER, f"rs{n + 1}", str(cert),
+                               str(key)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+        procs.append(proc)
+    digest = hashlib.md5(b"rs2\n").hexdigest()  # rs1's body differs: its check fails
+    servers = "".join(f"""
+    real_server {rip} 443 {{
+        SSL_GET {{
+            url {{
+                path /
+                digest {digest}
+            }}
+            connect_timeout 1
+            retry 0
+        }}
+    }}""" for rip in RIPS)
+    director = start(topo, tmp_path, dr, f"""
+virtual_server {VIP_NAT} 443 {{
+    delay_loop 0.5
+    warmup 0
+    lvs_sched rr
+    lvs_method NAT
+{servers}
+}}
+""")
+
+    def https_dests():
+        out = director.ipvsadm("-Sn").stdout
+        return set(re.findall(rf"-a -t {re.escape(VIP_NAT)}:443 -r ([\d.]+):443", out))
+
+    try:
+        # rs1 answers a body whose MD5 is not the digest: out; rs2 stays
+        assert wait_for(lambda: https_dests() == {RIPS[1]}, timeout=4), director.log()
+        assert "MD5 digest mismatch" in director.log()
+        answer = topo.run(cl, ["curl", "-sk", "-m", "5", f"https://{VIP_NAT}/"], timeout=10)
+        assert answer.stdout.strip() == "rs2", answer
+        procs[1].kill()
+        assert wait_for(lambda: https_dests() == set(), timeout=4), director.log()
     finally:
         assert director.stop() == 0, director.log()

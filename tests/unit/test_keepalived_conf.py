@@ -100,6 +100,19 @@ virtual_server 198.18.0.1 80 {
     assert tcp.kind == "TCP_CHECK" and tcp.connect_port == 8080
 
 
+def test_virtual_server_virtualhost_is_the_http_checkers_default(tmp_path):
+    conf = load(write(tmp_path, """virtual_server 198.18.0.1 80 {
+    virtualhost www.vs.test
+    real_server 198.18.1.1 80 { HTTP_GET { url { path / } } }
+    real_server 198.18.1.2 80 { HTTP_GET { url { path / }
+        virtualhost own.test } }
+}
+"""))
+    assert conf.errors == []
+    hosts = [rs.checkers[0].options["virtualhost"] for rs in conf.virtual_servers[0].real_servers]
+    assert hosts == ["www.vs.test", "own.test"]
+
+
 def test_groups_fwmark_and_includes(tmp_path):
     (tmp_path / "conf.d").mkdir()
     write(tmp_path, """virtual_server_group WEB {

@@ -9,13 +9,16 @@ jitter, so that checks do not all fire together), then loops: run the checker bo
 connect_timeout, hand the result to its ``Pool`` (ipwrapper.py), sleep for the delay the pool
 returns (delay_loop, or delay_before_retry while retrying).
 
-The loop thread is started once; pools are added and removed from other threads (the
+Rule changes (``Pool.checker_result``) run on one more thread, the loop's rules thread, one
+at a time: a backend may block or run an event loop of its own (pyroute2), which must not
+happen on the check loop.  The loop thread is started once; pools are added and removed from other threads (the
 director's main thread on start, reload and stop) through ``run_coroutine_threadsafe``.  A
 checker that raises is logged and counted as a failed check, never kills its task.
 """
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import random
 import threading
@@ -54,7 +57,23 @@ async def run_one(pool: Pool, rs_key: tuple, index: int) -> float:
     except Exception as exc:  # a checker bug is a failed check, logged, not a dead task
         log.exception("%s on %s raised", config.kind, target)
         result = Result(False, f"checker error: {exc}")
-    return pool.checker_result(rs_key, index, result.ok, result.weight, result.reason)
+    # rule changes run on the loop's one rules thread: a backend may run an event loop of its
+    # own (pyroute2 does) and may block; results are applied one at a time, in order
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(rules_executor(loop), pool.checker_result, rs_key, index,
+                                      result.ok, result.weight, result.reason)
+
+
+_EXECUTORS: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
+
+
+def rules_executor(loop) -> concurrent.futures.ThreadPoolExecutor:
+    executor = _EXECUTORS.get(id(loop))
+    if executor is None:
+        executor = concurrent.futures.ThreadPoolExecutor(max_workers=1,
+                                                         thread_name_prefix="check-rules")
+        _EXECUTORS[id(loop)] = executor
+    return executor
 
 
 class CheckLoop:
@@ -101,6 +120,9 @@ class CheckLoop:
                 task.cancel()
             await asyncio.wait(tasks, timeout=1.0)
             tasks = [task for task in tasks if not task.done()]
+        # a result already handed to the rules thread is applied before we return (one
+        # worker, first in first out: a no-op queued now runs after it)
+        await self.loop.run_in_executor(rules_executor(self.loop), lambda: None)
 
     def _call(self, coroutine, timeout: float = 30.0):
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
@@ -131,5 +153,8 @@ class CheckLoop:
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout=10.0)
+            executor = _EXECUTORS.pop(id(self.loop), None)
+            if executor is not None:
+                executor.shutdown(wait=True)
             if not self._thread.is_alive():
                 self.loop.close()

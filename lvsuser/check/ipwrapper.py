@@ -59,6 +59,10 @@ def format_rs(rs: RealServerConfig) -> str:
     return f"{rs.addr}:{rs.port}"
 
 
+class PoolError(Exception):
+    """A virtual server's service cannot be put in the table; str() says which and why."""
+
+
 class Pool:
     """One virtual server's real servers, their health and the rules that follow from it."""
 
@@ -145,7 +149,11 @@ class Pool:
         without alpha a server starts in the pool, with alpha it waits for a success."""
         with self.lock:
             for service in self.config.services:
-                self._ensure_service(service)
+                try:
+                    self._ensure_service(service)
+                except IPVSError as exc:
+                    raise PoolError(f"{self.config.where}: virtual_server {self.config.name} "
+                                    f"cannot be set up: {exc.message or exc}") from exc
             for rs in self.servers.values():
                 if rs.num_failed == 0 and not rs.alive:
                     self._dest_cmd(True, rs)

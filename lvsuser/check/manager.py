@@ -16,7 +16,7 @@ from typing import Optional
 
 from lvsuser.backends.base import Backend
 from lvsuser.check.config import VirtualServerConfig
-from lvsuser.check.ipwrapper import Pool, run_script
+from lvsuser.check.ipwrapper import Pool, PoolError, run_script
 from lvsuser.check.scheduler import CheckLoop
 
 log = logging.getLogger("lvsuser.check")
@@ -30,10 +30,15 @@ class HealthChecks:
         self.loop: Optional[CheckLoop] = None
 
     def start(self, configs: list[VirtualServerConfig]) -> None:
+        """Raises PoolError (nothing started) if a service cannot be set up."""
         self.loop = CheckLoop()
         for config in configs:
             pool = Pool(config, self.backend, self.script_runner)
-            pool.start()
+            try:
+                pool.start()
+            except PoolError:
+                self.close()
+                raise
             self.pools[config.key] = pool
             self.loop.add(pool)
         log.info("health checks: %d virtual servers, %d checkers", len(self.pools),
@@ -51,7 +56,11 @@ class HealthChecks:
             old = self.pools.get(config.key)
             pool = Pool(config, self.backend, self.script_runner)
             if old is None:
-                pool.start()
+                try:
+                    pool.start()
+                except PoolError as exc:
+                    log.error("%s", exc)
+                    continue
                 self.pools[config.key] = pool
                 self.loop.add(pool)
                 continue

@@ -15,6 +15,7 @@ from lvsuser.control.ipvsadm.constants import FMT_NUMERIC, FMT_RULE
 from lvsuser.control.ipvsadm.output import Printer, format_service_entry
 from lvsuser.control.ipvsadm.qsort import compare_services, glibc_qsort
 from lvsuser.control.ipvsadm.resolver import NumericResolver
+from lvsuser.check.ipwrapper import PoolError
 from lvsuser.keepalived.config import load
 
 
@@ -50,6 +51,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"lvsuser keepalived: {args.file}: {len(configuration.errors)} error(s)",
               file=sys.stderr)
         return 1
+    try:
+        services = configuration.services()
+    except PoolError as exc:  # a service the table refuses (the kernel would too)
+        print(f"{exc}", file=sys.stderr)
+        return 1
     if not args.quiet:
-        sys.stdout.write(format_rules(configuration.services()))
+        sys.stdout.write(format_rules(services))
     return 0

@@ -56,6 +56,15 @@ PROTOCOLS = {"TCP": model.IPPROTO_TCP, "UDP": model.IPPROTO_UDP, "SCTP": model.I
 KEEPALIVED_PERSISTENCE = 360  # persistence_timeout without a value
 
 
+def _scheduler_names() -> list[str]:
+    """The schedulers this lvsuser has (plugins included once loaded); [] if unknown."""
+    try:
+        from lvsuser import schedulers
+    except ImportError:
+        return []
+    return schedulers.names()
+
+
 @dataclasses.dataclass
 class Message:
     level: str  # "error", "warning", "note"
@@ -278,7 +287,11 @@ class _Reader:
             keyword = child.keyword
             if keyword in ("lvs_sched", "lb_algo"):
                 value = self.arg(child)
-                if value is not None:
+                known = _scheduler_names()
+                if value is not None and known and value not in known:
+                    self.error(child, f"{keyword} {value}: no such scheduler "
+                                      f"(known: {', '.join(known)})")
+                elif value is not None:
                     settings["scheduler"] = value
             elif keyword in ("lvs_method", "lb_kind"):
                 value = self.arg(child)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from lvsuser.check.ipwrapper import PoolError
 from lvsuser.check.manager import HealthChecks
 from lvsuser.keepalived.config import load
 
@@ -30,7 +31,10 @@ class KeepalivedRunner:
 
     def start(self) -> None:
         configuration = self._load()
-        self.checks.start(configuration.virtual_servers)
+        try:
+            self.checks.start(configuration.virtual_servers)
+        except PoolError as exc:
+            raise KeepalivedConfError(str(exc)) from exc
         log.info("running %d virtual servers from %s", len(configuration.virtual_servers),
                  self.path)
 

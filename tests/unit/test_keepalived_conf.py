@@ -194,6 +194,7 @@ virtual_server 198.18.0.1 80 {
      "HTTP_GET has no url"),
     ("virtual_server 198.18.0.1 80 {\n lvs_method FOO\n}\n", "lvs_method FOO"),
     ("include missing/*.conf\n", "no such file"),
+    ("virtual_server 198.18.0.1 80 {\n lb_algo nosuch\n}\n", "lb_algo nosuch: no such scheduler"),
 ])
 def test_errors(tmp_path, text, message):
     conf = load(write(tmp_path, text))
@@ -222,6 +223,13 @@ def test_check_command_prints_the_rules(tmp_path):
     done = subprocess.run([sys.executable, "-m", "lvsuser", "keepalived", "check", bad],
                           capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 1 and f"{bad}:3: error: unknown keyword 'bogus'" in done.stderr
+    # a service the table refuses (an IPv6 persistence netmask over 128) is an error too
+    refused = write(tmp_path, "virtual_server 2001:db8::1 80 {\n persistence_timeout 60\n"
+                              " persistence_granularity 200\n}\n", "r.conf")
+    done = subprocess.run([sys.executable, "-m", "lvsuser", "keepalived", "check", refused],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"{refused}:1: virtual_server 2001:db8::1 80 cannot be set up" in done.stderr
 
 
 # --- Debian's samples ------------------------------------------------------------------------

@@ -210,12 +210,16 @@ class Pool:
 
     # --- results -------------------------------------------------------------------------
     def checker_result(self, rs_key: tuple, index: int, ok: bool,
-                       weight: Optional[int] = None, reason: str = "") -> float:
+                       weight: Optional[int] = None, reason: str = "",
+                       duration: float = 0.0) -> float:
         """One check's outcome; returns the delay before that checker runs again."""
         with self.lock:
             rs = self.servers[rs_key]
             checker = rs.checkers[index]
             checker.last_reason = reason
+            checker.checks += 1
+            checker.failures += 0 if ok else 1
+            checker.last_duration = duration
             # a dynamic weight first (check_misc.c): a server coming up comes with it
             if ok and weight is not None:
                 if rs.alive:
@@ -277,6 +281,23 @@ class Pool:
                                     or not self.sorry_alive):
             self._dest_cmd(True, rs)
         self._update_quorum(init=False)
+
+    def status(self) -> list[dict]:
+        """One row per real server: what a metrics exporter or a status command shows."""
+        with self.lock:
+            rows = []
+            for rs in self.servers.values():
+                rows.append({
+                    "virtual_server": self.config.name,
+                    "services": [s.key for s in self.config.services],
+                    "address": str(rs.config.addr), "port": rs.config.port,
+                    "alive": rs.alive, "in_table": rs.set, "weight": rs.weight,
+                    "quorum_up": self.quorum_up, "sorry_server_active": self.sorry_alive,
+                    "checkers": [{"kind": c.config.kind, "up": c.is_up, "checks": c.checks,
+                                  "failures": c.failures, "last_duration": c.last_duration,
+                                  "last_reason": c.last_reason} for c in rs.checkers],
+                })
+            return rows
 
     # --- quorum --------------------------------------------------------------------------
     def alive_weight(self) -> int:

@@ -78,6 +78,10 @@ class HealthChecks:
         log.info("health checks reloaded: %d virtual servers, %d checkers", len(self.pools),
                  self.loop.task_count())
 
+    def status(self) -> list[dict]:
+        """Every real server's health (Pool.status rows), for metrics and status commands."""
+        return [row for pool in list(self.pools.values()) for row in pool.status()]
+
     def close(self) -> None:
         if self.loop is None:
             return

@@ -37,6 +37,10 @@ class CheckerState:
     has_run: bool = False
     retry_it: int = 0
     last_reason: str = ""
+    # for observers (metrics): how many checks ran and failed, how long the last one took
+    checks: int = 0
+    failures: int = 0
+    last_duration: float = 0.0
 
     def epilogue(self, ok: bool) -> tuple[float, Optional[str]]:
         """(seconds until the next check, UP/DOWN event or None) for one result.  MISC_CHECK

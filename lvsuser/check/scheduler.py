@@ -48,6 +48,7 @@ async def run_one(pool: Pool, rs_key: tuple, index: int) -> float:
     config = state.config
     target = target_for(config, rs.config)
     timeout = state.timing.connect_timeout
+    started = asyncio.get_running_loop().time()
     try:
         # the checker bounds itself; this outer bound only guards against a checker bug
         result = await asyncio.wait_for(CHECKERS[config.kind](config, target, timeout),
@@ -60,8 +61,9 @@ async def run_one(pool: Pool, rs_key: tuple, index: int) -> float:
     # rule changes run on the loop's one rules thread: a backend may run an event loop of its
     # own (pyroute2 does) and may block; results are applied one at a time, in order
     loop = asyncio.get_running_loop()
+    duration = loop.time() - started
     return await loop.run_in_executor(rules_executor(loop), pool.checker_result, rs_key, index,
-                                      result.ok, result.weight, result.reason)
+                                      result.ok, result.weight, result.reason, duration)
 
 
 _EXECUTORS: dict[int, concurrent.futures.ThreadPoolExecutor] = {}

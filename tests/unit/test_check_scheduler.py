@@ -79,6 +79,12 @@ def test_servers_leave_and_come_back_with_their_checks():
         assert ports_in_table(backend) == set(ports)
         down.close()
         assert wait_for(lambda: ports_in_table(backend) == {ports[0]})
+        rows = {row["port"]: row for row in checks.status()}
+        assert rows[ports[0]]["alive"] and not rows[ports[1]]["alive"]
+        failed = rows[ports[1]]["checkers"][0]
+        assert failed["failures"] >= 1 and failed["last_reason"] == "Connection refused"
+        assert rows[ports[0]]["checkers"][0]["failures"] == 0
+        assert rows[ports[0]]["checkers"][0]["checks"] >= 1
         again = listen(ports[1])
         try:
             assert wait_for(lambda: ports_in_table(backend) == set(ports))

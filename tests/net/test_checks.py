@@ -107,7 +107,7 @@ virtual_server {VIP_NAT} 80 {{
         assert dests(director) == {RIPS[0]: 1, RIPS[1]: 1}
         assert set(curl_names(topo, cl, f"http://{VIP_NAT}/", 4)) == {"rs1", "rs2"}
         # a bounded load from the client while rs2's HTTP server is killed
-        loader = topo.popen(cl, [sys.executable, "-c", LOADER, f"http://{VIP_NAT}/", "6"],
+        loader = topo.popen(cl, [sys.executable, "-c", LOADER, f"http://{VIP_NAT}/", "4"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(1)
         procs[1].kill()
@@ -120,7 +120,7 @@ virtual_server {VIP_NAT} 80 {{
         assert seen_out - killed <= bound + 0.3, (seen_out - killed, director.log())
         out, err = loader.communicate(timeout=20)
         requests = [line.split(" ", 2) for line in out.splitlines()]
-        assert len(requests) > 40, (out, err)
+        assert len(requests) > 25, (out, err)
         # before the kill both served; from the moment rs2 was seen out, every request succeeded
         before = {name for start, result, name in requests if float(start) < killed - 0.1}
         assert before == {"rs1", "rs2"}, requests
@@ -174,8 +174,8 @@ virtual_server {VIP_NAT} 9000 {{
     client = None
     try:
         assert dests(director, 9000) == {RIPS[0]: 2, RIPS[1]: 2}
-        # one long connection (30 lines, 0.2 s apart), then fail its server's check
-        client = topo.popen(cl, [sys.executable, "-c", LONG_CLIENT, VIP_NAT, "9000", "30"],
+        # one long connection (15 lines, 0.2 s apart), then fail its server's check
+        client = topo.popen(cl, [sys.executable, "-c", LONG_CLIENT, VIP_NAT, "9000", "15"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         first = client.stdout.readline().split()
         assert first and first[0] in ("rs1", "rs2"), first
@@ -187,8 +187,8 @@ virtual_server {VIP_NAT} 9000 {{
             director.log()
         out, err = client.communicate(timeout=20)
         lines = [first[0] + " " + first[1]] + out.splitlines()
-        # every one of the 30 lines came back, from the same (inhibited) server
-        assert len(lines) == 30 and all(line.split()[0] == victim for line in lines), (lines, err)
+        # every one of the 15 lines came back, from the same (inhibited) server
+        assert len(lines) == 15 and all(line.split()[0] == victim for line in lines), (lines, err)
         # new connections go to the other server only
         news = topo.run(cl, [sys.executable, "-c", LONG_CLIENT, VIP_NAT, "9000", "1"],
                         timeout=15).stdout.split()

@@ -53,6 +53,18 @@ def run_script(argv: list[str]) -> None:
     threading.Thread(target=reap, name="notify", daemon=True).start()
 
 
+SHUTDOWN_SCRIPT_TIMEOUT = 1.0  # keepalived gives omega's scripts a second at shutdown
+
+
+def run_script_and_wait(argv: list[str]) -> None:
+    """For shutdown (omega): the director is about to exit, so wait -- a bounded time."""
+    try:
+        subprocess.run(argv, stdin=subprocess.DEVNULL, timeout=SHUTDOWN_SCRIPT_TIMEOUT,
+                       check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("notify script %s failed: %s", " ".join(argv), exc)
+
+
 def format_rs(rs: RealServerConfig) -> str:
     if rs.addr.version == 6:
         return f"[{rs.addr}]:{rs.port}"
@@ -199,14 +211,16 @@ class Pool:
                     if exc.errno not in (errno.ENOENT, errno.ESRCH):
                         log.error("delete service VS %s refused: %s", self.config.name, exc)
 
-    def shutdown_notifies(self) -> None:
+    def shutdown_notifies(self, runner: Optional[Callable[[list[str]], None]] = None) -> None:
+        """omega: the alive servers' notify_down and the quorum_down script, as at a loss."""
         if not self.config.omega:
             return
+        runner = runner or self.run_script
         for rs in self.servers.values():
             if rs.alive and rs.config.notify_down:
-                self.run_script(rs.config.notify_down)
+                runner(rs.config.notify_down)
         if self.quorum_up and self.config.quorum_down:
-            self.run_script(self.config.quorum_down)
+            runner(self.config.quorum_down)
 
     # --- results -------------------------------------------------------------------------
     def checker_result(self, rs_key: tuple, index: int, ok: bool,

@@ -16,7 +16,7 @@ from typing import Optional
 
 from lvsuser.backends.base import Backend
 from lvsuser.check.config import VirtualServerConfig
-from lvsuser.check.ipwrapper import Pool, PoolError, run_script
+from lvsuser.check.ipwrapper import Pool, PoolError, run_script, run_script_and_wait
 from lvsuser.check.scheduler import CheckLoop
 
 log = logging.getLogger("lvsuser.check")
@@ -86,6 +86,9 @@ class HealthChecks:
         if self.loop is None:
             return
         self.loop.close()
+        # the director exits next: omega's scripts run now, each for a bounded time (unless
+        # the runner was replaced, as tests do)
+        runner = run_script_and_wait if self.script_runner is run_script else None
         for pool in self.pools.values():
-            pool.shutdown_notifies()
+            pool.shutdown_notifies(runner)
         self.loop = None

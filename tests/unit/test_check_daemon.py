@@ -43,11 +43,12 @@ def listen(port=0):
     return sock
 
 
-def conf(servers: dict, extra_vs: str = "") -> str:
+def conf(servers: dict, extra_vs: str = "", notify: str = "") -> str:
     """servers: last octet -> (loopback port, weight)."""
     blocks = "".join(f"""
     real_server 198.18.1.{n} 80 {{
         weight {weight}
+        {f'notify_down "{notify} down {n}"' if notify else ""}
         TCP_CHECK {{
             connect_ip 127.0.0.1
             connect_port {port}
@@ -58,6 +59,7 @@ def conf(servers: dict, extra_vs: str = "") -> str:
     }}""" for n, (port, weight) in servers.items())
     return f"""! test configuration
 virtual_server 198.18.0.1 80 {{
+    {"omega" if notify else ""}
     delay_loop 0.2
     warmup 0
     lvs_sched rr
@@ -141,3 +143,32 @@ def test_a_bad_keepalived_conf_stops_the_start(tmp_path):
     assert done.returncode == 1
     assert f"{conf_file}:3: error: 'weight' needs a number, not 'x'" in done.stderr
     assert not os.path.exists(tmp_path / "c.sock")
+
+
+def test_omega_scripts_run_at_stop(tmp_path):
+    one = listen()
+    script = tmp_path / "notify.sh"
+    script.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/notified\n')
+    script.chmod(0o755)
+    conf_file = tmp_path / "keepalived.conf"
+    conf_file.write_text(conf({1: (one.getsockname()[1], 1)}, notify=str(script)))
+    control = str(tmp_path / "c.sock")
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "lvsuser", "run", "--backend", "table",
+                             "--control", control, "--state-dir", str(tmp_path / "state"),
+                             "--keepalived-conf", str(conf_file)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: os.path.exists(control) or proc.poll() is not None, 20)
+        assert proc.poll() is None, proc.communicate()
+        assert not (tmp_path / "notified").exists()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        one.close()
+    assert proc.returncode == 0, err
+    # the script ran, with its configured arguments, before the director was gone
+    assert (tmp_path / "notified").read_text() == "down 1\n"

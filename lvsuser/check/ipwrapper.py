@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 import subprocess
 import threading
 from typing import Callable, Optional
@@ -295,6 +296,25 @@ class Pool:
                                     or not self.sorry_alive):
             self._dest_cmd(True, rs)
         self._update_quorum(init=False)
+
+    def suspended(self) -> bool:
+        """ha_suspend: while none of the virtual server's addresses is on this host (the VRRP
+        backup's case) its checks are suspended, as keepalived's are.  An address is ours if a
+        socket can be bound to it."""
+        if not self.config.ha_suspend:
+            return False
+        addresses = [s.addr for s in self.config.services if s.addr is not None]
+        if not addresses:
+            return False  # fwmark services: nothing to look at, as in keepalived
+        for address in addresses:
+            family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                try:
+                    probe.bind((str(address), 0))
+                    return False
+                except OSError:
+                    continue
+        return True
 
     def status(self) -> list[dict]:
         """One row per real server: what a metrics exporter or a status command shows."""

@@ -97,7 +97,11 @@ class CheckLoop:
         # the flag as well as the cancellation: Python 3.11's wait_for may swallow a cancel
         # that races with the end of what it waits for
         await asyncio.sleep(first_delay)
+        checker = pool.servers[rs_key].checkers[index]
         while id(pool) in self._tasks:
+            if pool.config.ha_suspend and pool.suspended():
+                await asyncio.sleep(checker.timing.delay_loop)  # look again a loop later
+                continue
             delay = await run_one(pool, rs_key, index)
             await asyncio.sleep(delay)
 

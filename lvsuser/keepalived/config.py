@@ -335,8 +335,8 @@ class _Reader:
                     setattr(vs, keyword, value)
                 if keyword == "ha_suspend":
                     self.messages.append(Message(
-                        "note", child.where, "ha_suspend: the checks always run here (which "
-                        "addresses the director holds is " + VRRP_NOTE + ")"))
+                        "note", child.where, "ha_suspend: checks pause while the virtual "
+                        "address is not on this host (moving it is " + VRRP_NOTE + ")"))
             elif keyword == "inhibit_on_failure":
                 vs_inhibit = bool(self.flag(child))
             elif keyword in ("quorum", "hysteresis"):

@@ -179,3 +179,28 @@ def test_a_removed_pool_makes_no_more_changes():
         assert ports_in_table(backend) == {port}
     finally:
         loop.close()
+
+
+def test_ha_suspend_pauses_checks_while_the_vip_is_elsewhere():
+    sock = listen()
+    port = sock.getsockname()[1]
+    backend = TableBackend()
+    loop = CheckLoop()
+    try:
+        pools = {}
+        for vip in ("127.0.0.1", "198.18.0.77"):  # on this host / not on it
+            config = vs_for([port])
+            service = config.services[0]
+            service.addr = ipaddress.ip_address(vip)
+            config.ha_suspend = True
+            pool = Pool(config, backend, lambda argv: None)
+            loop.add(pool)
+            pools[vip] = pool
+        assert not pools["127.0.0.1"].suspended() and pools["198.18.0.77"].suspended()
+        here = pools["127.0.0.1"].servers[(LOOP, port)].checkers[0]
+        away = pools["198.18.0.77"].servers[(LOOP, port)].checkers[0]
+        assert wait_for(lambda: here.checks >= 3)
+        assert away.checks == 0
+    finally:
+        loop.close()
+        sock.close()

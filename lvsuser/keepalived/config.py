@@ -168,16 +168,20 @@ class _Reader:
         return value
 
     def script(self, node: Node) -> Optional[list[str]]:
-        """keepalived splits a script line into argv: the quoted string may hold arguments."""
+        """keepalived's '<script> [username [groupname]]': the first word (quoted, it holds
+        the arguments too) is split into argv; a user to run it as is not supported here."""
         if not node.args:
             self.error(node, f"'{node.keyword}' needs a script")
             return None
-        if len(node.args) == 1:
-            try:
-                return shlex.split(node.args[0])
-            except ValueError:
-                return [node.args[0]]
-        return list(node.args)
+        if len(node.args) > 1:
+            self.messages.append(Message(
+                "warning", node.where, f"'{node.keyword}': running the script as user "
+                f"{' '.join(node.args[1:])} is not supported by lvsuser: it runs as the "
+                f"director's user (quote the script and its arguments together)"))
+        try:
+            return shlex.split(node.args[0])
+        except ValueError:
+            return [node.args[0]]
 
     # --- blocks --------------------------------------------------------------------------
     def read(self, nodes: list[Node]) -> list[VirtualServerConfig]:
@@ -205,6 +209,8 @@ class _Reader:
                 self.messages.append(Message("note", node.where, f"{keyword}: {VRRP_NOTE}"))
             elif keyword == "global_defs":
                 self.global_defs(node)
+            elif keyword == "SSL":  # client certificates for SSL_GET
+                self.warn_unsupported(node, "the top level")
             elif keyword in ("net_namespace", "instance", "use_pid_dir", "linkbeat_use_polling",
                              "net_namespace_ipvs", "namespace_with_ipsets", "bfd_instance"):
                 self.messages.append(Message("note", node.where, f"{keyword}: {VRRP_NOTE}"))

@@ -144,6 +144,22 @@ virtual_server fwmark 5 {
     assert all(len(s.dests) == 1 for s in services)
 
 
+def test_notify_script_user_is_named_not_taken_for_an_argument(tmp_path):
+    conf = load(write(tmp_path, """virtual_server 198.18.0.1 80 {
+    real_server 198.18.1.1 80 {
+        notify_up /usr/local/bin/up.sh nobody
+        notify_down "/usr/local/bin/down.sh a b"
+    }
+}
+"""))
+    assert conf.errors == []
+    rs = conf.virtual_servers[0].real_servers[0]
+    assert rs.notify_up == ["/usr/local/bin/up.sh"]
+    assert rs.notify_down == ["/usr/local/bin/down.sh", "a", "b"]
+    (warning,) = [m for m in conf.messages if m.level == "warning"]
+    assert warning.where.endswith(":3") and "as user nobody is not supported" in warning.text
+
+
 def test_unknown_keyword_is_an_error_with_file_and_line(tmp_path):
     path = write(tmp_path, """virtual_server 198.18.0.1 80 {
     real_server 198.18.1.1 80 {

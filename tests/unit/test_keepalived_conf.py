@@ -330,3 +330,38 @@ virtual_server $VIP ${PORT} {
         ("198.18.1.1", 8080, 4)]
     bad = load(write(tmp_path, "virtual_server $NOPE 80 {\n}\n", "u.conf"))
     assert "$NOPE is not defined" in str(bad.errors[0])
+
+
+# What keepalived programs at start from these samples (addresses mapped): servers without
+# alpha are in with their weight, alpha ones wait for a success (quorum: alpha, so no server),
+# fwmark real servers without a port get port 0.
+SAMPLE_RULES = {
+    "keepalived.conf.sample": "-A -t 198.18.10.2:1358 -s rr -p 50\n"
+                              "-a -t 198.18.10.2:1358 -r 198.18.200.2:1358 -m -w 1\n",
+    "keepalived.conf.fwmark": "-A -f 1 -s rr -p 900\n"
+                              "-a -f 1 -r 198.18.201.100:0 -m -w 1\n"
+                              "-a -f 1 -r 198.18.201.101:0 -m -w 1\n",
+    "keepalived.conf.quorum": "-A -t 198.18.1.1:80 -s wrr -p 900\n",
+    "keepalived.conf.IPv6": "-A -t [2001:db8::1]:80 -s rr -p 50\n"
+                            "-a -t [2001:db8::1]:80 -r [2001:db8::10]:25 -m -w 1\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLE_RULES))
+def test_debian_sample_rules(tmp_path, name):
+    from lvsuser.keepalived.cli import format_rules
+
+    with open(os.path.join(SAMPLES, name)) as handle:
+        path = write(tmp_path, map_addresses(handle.read()), name)
+    assert format_rules(load(path).services()) == SAMPLE_RULES[name]
+
+
+def test_debian_virtual_server_group_sample(tmp_path):
+    with open(os.path.join(SAMPLES, "keepalived.conf.virtual_server_group")) as handle:
+        path = write(tmp_path, map_addresses(handle.read()))
+    services = load(path).services()
+    # 10.0.0.1 8080, 10.0.0.2 80, 192.168.200.1 1358, 192.168.200.3-10 80, fwmark 1 and 2
+    assert len(services) == 3 + 8 + 2
+    assert sorted(s.fwmark for s in services if s.fwmark) == [1, 2]
+    assert all(sorted(str(d.addr) for d in s.dests) == ["198.18.200.1", "198.18.200.2"]
+               for s in services)

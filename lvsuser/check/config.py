@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from lvsuser.model import Dest, Forward, Service
+from lvsuser.model import Dest, Forward, Service, TunType
 
 # keepalived's defaults (check_api.c / check_data.c)
 DEFAULT_DELAY_LOOP = 60.0
@@ -54,6 +54,7 @@ class RealServerConfig:
     fwd: Forward = Forward.MASQ
     u_threshold: int = 0
     l_threshold: int = 0
+    tunnel: tuple = (0, 0, 0)  # lvs_method TUN's (tun_type, tun_port, tun_flags)
     inhibit_on_failure: bool = False
     notify_up: Optional[list[str]] = None  # argv, as keepalived splits the script line
     notify_down: Optional[list[str]] = None
@@ -71,9 +72,11 @@ class RealServerConfig:
         return (self.addr, self.port)
 
     def dest(self, weight: Optional[int] = None, af: int = 0) -> Dest:
+        tun_type, tun_port, tun_flags = self.tunnel
         return Dest(addr=self.addr, port=self.port, fwd=self.fwd,
                     weight=self.weight if weight is None else weight,
                     u_threshold=self.u_threshold, l_threshold=self.l_threshold,
+                    tun_type=TunType(tun_type), tun_port=tun_port, tun_flags=tun_flags,
                     af=af or (10 if self.addr.version == 6 else 2))
 
 

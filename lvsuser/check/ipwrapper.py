@@ -104,7 +104,7 @@ class Pool:
         else:
             weight, op = rs.weight, "del"
         for service in self.config.services:
-            dest = rs.config.dest(weight, af=service.af)
+            dest = rs.config.dest(weight)  # its own family (a tunnel may cross)
             self._apply(op, service, dest)
         rs.set = add or rs.inhibit
 
@@ -145,7 +145,7 @@ class Pool:
         if sorry is None:
             return
         for service in self.config.services:
-            dest = sorry.dest(af=service.af)
+            dest = sorry.dest()
             if add:
                 self._apply("edit" if self.sorry_set else "add", service, dest)
             elif sorry.inhibit_on_failure:

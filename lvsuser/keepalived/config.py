@@ -300,12 +300,9 @@ class _Reader:
                 elif value is not None:
                     settings["scheduler"] = value
             elif keyword in ("lvs_method", "lb_kind"):
-                value = self.arg(child)
-                if value is not None:
-                    if value.upper() not in METHODS:
-                        self.error(child, f"lvs_method {value}: NAT, DR or TUN")
-                    else:
-                        settings["method"] = METHODS[value.upper()]
+                method = self.method(child)
+                if method is not None:
+                    settings["method"], settings["tunnel"] = method
             elif keyword == "protocol":
                 value = (self.arg(child) or "").upper()
                 if value not in PROTOCOLS:
@@ -359,11 +356,9 @@ class _Reader:
             elif keyword == "sorry_server_inhibit":
                 settings["sorry_inhibit"] = bool(self.flag(child))
             elif keyword == "sorry_server_lvs_method":
-                value = (self.arg(child) or "").upper()
-                if value in METHODS:
-                    settings["sorry_method"] = METHODS[value]
-                else:
-                    self.error(child, f"sorry_server_lvs_method {value}: NAT, DR or TUN")
+                method = self.method(child)
+                if method is not None:
+                    settings["sorry_method"], settings["sorry_tunnel"] = method
             elif keyword == "real_server":
                 real_nodes.append(child)
             elif keyword == "ip_family":
@@ -414,9 +409,12 @@ class _Reader:
             vs.services = [template(af=af, protocol=settings["protocol"], addr=addr, port=port)]
         if vs.sorry_server is not None:
             vs.sorry_server.fwd = settings.get("sorry_method", settings["method"])
+            vs.sorry_server.tunnel = settings.get("sorry_tunnel",
+                                                  settings.get("tunnel", (0, 0, 0)))
             vs.sorry_server.inhibit_on_failure = settings.get("sorry_inhibit", False)
         for child in real_nodes:
-            rs = self.real_server(child, settings["method"], vs_inhibit)
+            rs = self.real_server(child, settings["method"], vs_inhibit,
+                                  settings.get("tunnel", (0, 0, 0)))
             if rs is None:
                 continue
             if any(other.key == rs.key for other in vs.real_servers):
@@ -429,6 +427,47 @@ class _Reader:
                     checker.options["virtualhost"] = settings["virtualhost"]
         return vs
 
+    def method(self, node: Node) -> Optional[tuple]:
+        """lvs_method NAT|DR|TUN [type ipip|gue port N|gre] [nocsum|csum|remcsum]:
+        (forwarding, (tun_type, tun_port, tun_flags)) or None after an error."""
+        words = [w for w in node.args]
+        if not words or words[0].upper() not in METHODS:
+            self.error(node, f"{node.keyword} {' '.join(words)}: NAT, DR or TUN")
+            return None
+        forward = METHODS[words[0].upper()]
+        tun_type, tun_port, tun_flags = 0, 0, 0
+        rest = words[1:]
+        if rest and forward != model.Forward.TUNNEL:
+            self.error(node, f"{node.keyword} {words[0]} takes no options")
+            return None
+        index = 0
+        while index < len(rest):
+            word = rest[index].lower()
+            if word == "type" and index + 1 < len(rest):
+                kind = rest[index + 1].lower()
+                if kind not in ("ipip", "gue", "gre"):
+                    self.error(node, f"tunnel type {kind}: ipip, gue or gre")
+                    return None
+                tun_type = {"ipip": 0, "gue": 1, "gre": 2}[kind]
+                index += 2
+            elif word == "port" and index + 1 < len(rest):
+                port = self.port(node, rest[index + 1])
+                if port is None:
+                    return None
+                tun_port = port
+                index += 2
+            elif word in ("nocsum", "csum", "remcsum"):
+                tun_flags = {"nocsum": model.TUN_FLAG_NOCSUM, "csum": model.TUN_FLAG_CSUM,
+                             "remcsum": model.TUN_FLAG_REMCSUM}[word]
+                index += 1
+            else:
+                self.error(node, f"{node.keyword} TUN: unknown option '{rest[index]}'")
+                return None
+        if tun_type == 1 and not tun_port:
+            self.error(node, f"{node.keyword} TUN type gue needs a port")
+            return None
+        return forward, (tun_type, tun_port, tun_flags)
+
     def netmask(self, node: Node, text: str, af: int, default: int) -> int:
         try:
             if af == model.AF_INET:
@@ -440,7 +479,8 @@ class _Reader:
             self.error(node, f"persistence_granularity {text} is not a netmask")
             return default
 
-    def real_server(self, node: Node, method, vs_inhibit: bool) -> Optional[RealServerConfig]:
+    def real_server(self, node: Node, method, vs_inhibit: bool,
+                    tunnel: tuple = (0, 0, 0)) -> Optional[RealServerConfig]:
         if len(node.args) < 1 or node.children is None:
             self.error(node, "real_server is 'IP PORT { ... }'")
             return None
@@ -449,7 +489,7 @@ class _Reader:
         if addr is None or port is None:
             return None
         rs = RealServerConfig(addr=addr, port=port, fwd=method, where=node.where,
-                              inhibit_on_failure=vs_inhibit)
+                              inhibit_on_failure=vs_inhibit, tunnel=tunnel)
         for child in node.children:
             keyword = child.keyword
             if keyword == "weight":
@@ -465,11 +505,9 @@ class _Reader:
             elif keyword in ("notify_up", "notify_down"):
                 setattr(rs, keyword, self.script(child))
             elif keyword in ("lvs_method", "lb_kind"):
-                value = (self.arg(child) or "").upper()
-                if value in METHODS:
-                    rs.fwd = METHODS[value]
-                else:
-                    self.error(child, f"lvs_method {value}: NAT, DR or TUN")
+                method = self.method(child)
+                if method is not None:
+                    rs.fwd, rs.tunnel = method
             elif keyword == "alpha":
                 rs.alpha = self.flag(child)
             elif keyword == "retry":

@@ -113,6 +113,29 @@ def test_virtual_server_virtualhost_is_the_http_checkers_default(tmp_path):
     assert hosts == ["www.vs.test", "own.test"]
 
 
+def test_tunnel_methods(tmp_path):
+    conf = load(write(tmp_path, """virtual_server 198.18.0.1 80 {
+    lvs_method TUN type gue port 6080 csum
+    real_server 198.18.1.1 80 { }
+    real_server 198.18.1.2 80 { lvs_method TUN type gre }
+    real_server 198.18.1.3 80 { lvs_method DR }
+}
+"""))
+    assert conf.errors == []
+    dests = {str(d.addr): (d.fwd, d.tun_type, d.tun_port, d.tun_flags)
+             for d in conf.services()[0].dests}
+    assert dests == {"198.18.1.1": (model.Forward.TUNNEL, model.TunType.GUE, 6080,
+                                    model.TUN_FLAG_CSUM),
+                     "198.18.1.2": (model.Forward.TUNNEL, model.TunType.GRE, 0, 0),
+                     "198.18.1.3": (model.Forward.ROUTE, model.TunType.IPIP, 0, 0)}
+    bad = load(write(tmp_path, "virtual_server 198.18.0.1 80 {\n lvs_method TUN type gue\n}\n",
+                     "b.conf"))
+    assert "type gue needs a port" in str(bad.errors[0])
+    bad = load(write(tmp_path, "virtual_server 198.18.0.1 80 {\n lvs_method DR fast\n}\n",
+                     "c.conf"))
+    assert "takes no options" in str(bad.errors[0])
+
+
 def test_groups_fwmark_and_includes(tmp_path):
     (tmp_path / "conf.d").mkdir()
     write(tmp_path, """virtual_server_group WEB {

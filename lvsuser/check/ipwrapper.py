@@ -199,6 +199,20 @@ class Pool:
             if (dest.addr, dest.port) not in known:
                 self._apply("del", service, dest)
 
+    def reapply(self) -> None:
+        """Make the table say again what this pool's state says (after a flush by someone
+        else, e.g. a --rules reload): services, the servers in it (or inhibited at weight 0),
+        the sorry server."""
+        with self.lock:
+            for service in self.config.services:
+                self._ensure_service(service)
+            serving = self.quorum_up or self.config.sorry_server is None or not self.sorry_alive
+            for rs in self.servers.values():
+                if rs.set:
+                    self._dest_cmd(rs.alive and serving, rs)
+            if self.sorry_set:
+                self._sorry_cmd(self.sorry_alive)
+
     def remove(self) -> None:
         """The virtual server left the configuration: its services go (with omega, the scripts
         run as at shutdown)."""

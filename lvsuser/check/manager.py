@@ -78,6 +78,10 @@ class HealthChecks:
         log.info("health checks reloaded: %d virtual servers, %d checkers", len(self.pools),
                  self.loop.task_count())
 
+    def reapply(self) -> None:
+        for pool in list(self.pools.values()):
+            pool.reapply()
+
     def status(self) -> list[dict]:
         """Every real server's health (Pool.status rows), for metrics and status commands."""
         return [row for pool in list(self.pools.values()) for row in pool.status()]

@@ -180,10 +180,17 @@ class Director:
             log.info("loaded %d rules from %s", len(operations), self.rules_path)
 
     def reload(self) -> bool:
-        if self.keepalived is not None:
-            done = self.keepalived.reload()
-            if not self.rules_path:
-                return done
+        if self.keepalived is None:
+            return self._reload_rules()
+        done = True
+        if self.rules_path:
+            done = self._reload_rules()
+            # the rules file's flush took the keepalived.conf's services with it: put them
+            # back as their health says, then apply what changed in the keepalived.conf
+            self.keepalived.reapply()
+        return self.keepalived.reload() and done
+
+    def _reload_rules(self) -> bool:
         if not self.rules_path:
             log.info("SIGHUP: no --rules file to reload")
             return False

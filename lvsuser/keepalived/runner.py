@@ -48,5 +48,9 @@ class KeepalivedRunner:
         log.info("reloaded %s", self.path)
         return True
 
+    def reapply(self) -> None:
+        """Put the running configuration's rules back after someone flushed the table."""
+        self.checks.reapply()
+
     def close(self) -> None:
         self.checks.close()

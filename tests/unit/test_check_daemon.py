@@ -172,3 +172,37 @@ def test_omega_scripts_run_at_stop(tmp_path):
     assert proc.returncode == 0, err
     # the script ran, with its configured arguments, before the director was gone
     assert (tmp_path / "notified").read_text() == "down 1\n"
+
+
+def test_a_rules_reload_keeps_the_keepalived_services(tmp_path):
+    """--rules and --keepalived-conf together: SIGHUP's flush-and-load of the rules file puts
+    the keepalived.conf's services back as their health says."""
+    one, two = listen(), listen()
+    conf_file = tmp_path / "keepalived.conf"
+    conf_file.write_text(conf({1: (one.getsockname()[1], 2), 2: (two.getsockname()[1], 1)}))
+    rules_file = tmp_path / "rules"
+    rules_file.write_text("-A -t 198.18.0.5:25 -s rr\n")
+    control = str(tmp_path / "c.sock")
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "lvsuser", "run", "--backend", "table",
+                             "--control", control, "--state-dir", str(tmp_path / "state"),
+                             "--rules", str(rules_file), "--keepalived-conf", str(conf_file)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: os.path.exists(control) or proc.poll() is not None, 20)
+        assert proc.poll() is None, proc.communicate()
+        two.close()
+        assert wait_for(lambda: dests(control) == {25: {}, 80: {"198.18.1.1": 2}})
+        rules_file.write_text("-A -t 198.18.0.5:26 -s rr\n")
+        proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: dests(control) == {26: {}, 80: {"198.18.1.1": 2}})
+        time.sleep(0.5)  # and it stays so: the failed server is not put back
+        assert dests(control) == {26: {}, 80: {"198.18.1.1": 2}}
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        one.close()
+    assert proc.returncode == 0 and "Traceback" not in err, err

@@ -315,3 +315,24 @@ def test_reload_with_a_higher_quorum_brings_the_sorry_server():
     new.adopt(old)
     assert not new.quorum_up
     assert table_dests(backend) == {("198.18.1.9", 80): 1}
+
+
+def test_reapply_after_a_flush_restores_the_pool_as_its_health_says():
+    backend = TableBackend()
+    sorry = RealServerConfig(addr=rip(9), port=80)
+    pool = Pool(vs_config([rs(1, inhibit_on_failure=True, weight=3), rs(2), rs(3)],
+                          sorry_server=sorry), backend, Recorder())
+    pool.start()
+    pool.checker_result((rip(1), 80), 0, False)  # inhibited: weight 0
+    pool.checker_result((rip(3), 80), 0, False)  # removed
+    before = table_dests(backend)
+    assert before == {("198.18.1.1", 80): 0, ("198.18.1.2", 80): 1}
+    backend.flush()
+    pool.reapply()
+    assert table_dests(backend) == before
+    pool.checker_result((rip(2), 80), 0, False)  # quorum lost: the sorry server serves
+    before = table_dests(backend)
+    assert before == {("198.18.1.1", 80): 0, ("198.18.1.9", 80): 1}
+    backend.flush()
+    pool.reapply()
+    assert table_dests(backend) == before

@@ -78,6 +78,10 @@ class HealthChecks:
         log.info("health checks reloaded: %d virtual servers, %d checkers", len(self.pools),
                  self.loop.task_count())
 
+    def owned(self) -> frozenset:
+        return frozenset(svc.key for pool in list(self.pools.values())
+                         for svc in pool.config.services)
+
     def reapply(self) -> None:
         for pool in list(self.pools.values()):
             pool.reapply()

@@ -131,9 +131,15 @@ def load_schedulers(paths: list[str]) -> list[str]:
     return names
 
 
-def replace_table(backend: Backend, operations: list[rules.RuleOperation]) -> None:
-    """Make the table exactly the rules file's, atomically (flush + rules in one batch)."""
+def replace_table(backend: Backend, operations: list[rules.RuleOperation],
+                  keep: frozenset = frozenset()) -> None:
+    """Make the table exactly the rules file's, atomically (flush + rules in one batch).
+    ``keep``: keys of services another owner manages (--keepalived-conf): left as they are,
+    their connections untouched."""
     reset: list[rules.RuleOperation] = [rules.RuleOperation(0, "flush", {})]
+    if keep:
+        reset = [rules.RuleOperation(0, "del_service", {"key": svc.key})
+                 for svc in backend.get_services() if svc.key not in keep]
     for rule in backend.get_mark_rules():
         reset.append(rules.RuleOperation(0, "del_mark_rule", {"rule": rule}))
     rules.apply_operations(backend, reset + list(operations))
@@ -182,12 +188,9 @@ class Director:
     def reload(self) -> bool:
         if self.keepalived is None:
             return self._reload_rules()
-        done = True
-        if self.rules_path:
-            done = self._reload_rules()
-            # the rules file's flush took the keepalived.conf's services with it: put them
-            # back as their health says, then apply what changed in the keepalived.conf
-            self.keepalived.reapply()
+        # the rules file replaces everything but the keepalived.conf's services; then what
+        # changed in the keepalived.conf applies
+        done = self._reload_rules() if self.rules_path else True
         return self.keepalived.reload() and done
 
     def _reload_rules(self) -> bool:
@@ -198,7 +201,8 @@ class Director:
         marks_before = self.backend.get_mark_rules()
         try:
             operations = rules.load_rules_file(self.rules_path)
-            replace_table(self.backend, operations)
+            keep = self.keepalived.owned() if self.keepalived is not None else frozenset()
+            replace_table(self.backend, operations, keep)
         except rules.RulesError as exc:
             log.error("reload of %s refused, running table kept: line %d: %s",
                       self.rules_path, exc.line, exc.message)

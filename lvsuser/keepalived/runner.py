@@ -48,6 +48,10 @@ class KeepalivedRunner:
         log.info("reloaded %s", self.path)
         return True
 
+    def owned(self) -> frozenset:
+        """Keys of the services the keepalived.conf manages."""
+        return self.checks.owned()
+
     def reapply(self) -> None:
         """Put the running configuration's rules back after someone flushed the table."""
         self.checks.reapply()

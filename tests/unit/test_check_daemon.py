@@ -175,8 +175,8 @@ def test_omega_scripts_run_at_stop(tmp_path):
 
 
 def test_a_rules_reload_keeps_the_keepalived_services(tmp_path):
-    """--rules and --keepalived-conf together: SIGHUP's flush-and-load of the rules file puts
-    the keepalived.conf's services back as their health says."""
+    """--rules and --keepalived-conf together: SIGHUP replaces the rules file's part of the
+    table and leaves the keepalived.conf's services as their health made them."""
     one, two = listen(), listen()
     conf_file = tmp_path / "keepalived.conf"
     conf_file.write_text(conf({1: (one.getsockname()[1], 2), 2: (two.getsockname()[1], 1)}))

@@ -11,6 +11,8 @@
     lvsuser service install|remove [--root DIR] ...         the systemd unit
     lvsuser service ipvsadm-shim install|remove [--root DIR] /usr/sbin/ipvsadm -> lvsuser ipvsadm
     lvsuser --version                                        lvsuser X.Y.Z
+    lvsuser keepalived check FILE                            validate a keepalived.conf
+    lvsuser drain -t VIP:PORT -r RIP:PORT [--timeout S] [--remove]   drain a real server
     lvsuser realserver MODE ...                              set up a real server (nat/tun/dr)
     lvsuser lab ...                                          the seed lab in namespaces
     lvsuser bench ...                                        benchmarks
@@ -33,6 +35,8 @@ commands:
   mark         manage firewall-mark rules for fwmark (-f) services
   counters     what the director's datapath did with each packet (forwarded, dropped: why)
   service      install/remove the systemd unit (lvsuser.service) and the ipvsadm drop-in
+  keepalived   keepalived.conf tools (`keepalived check FILE`: validate, print the rules)
+  drain        weight 0, wait for a real server's connections to end, remove it
   realserver   configure this host as a real server (nat, tun, dr)
   lab          the classic LVS lab in network namespaces
   bench        benchmarks
@@ -46,6 +50,8 @@ _DELEGATES = {
     "mark": ("lvsuser.cli", "mark_main"),
     "counters": ("lvsuser.counters", "main"),
     "service": ("lvsuser.ops.service", "main"),
+    "keepalived": ("lvsuser.keepalived.cli", "main"),
+    "drain": ("lvsuser.drain", "main"),
     "realserver": ("lvsuser.hosts.cli", "main"),
     "lab": ("lvsuser.lab.cli", "main"),
     "bench": ("bench.__main__", "main"),

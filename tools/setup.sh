@@ -7,7 +7,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt_pkgs=(iproute2 nftables tcpdump curl ethtool
           qemu-system-x86 linux-image-amd64 busybox-static ipvsadm kmod
           nginx-light wrk netsniff-ng linux-perf
-          prometheus prometheus-node-exporter)
+          prometheus prometheus-node-exporter keepalived)
 missing=()
 for p in "${apt_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -19,6 +19,10 @@ fi
 # nginx from Debian starts a server in the root namespace; the tests run their own in namespaces.
 systemctl disable --now nginx >/dev/null 2>&1 || true
 pkill -x nginx >/dev/null 2>&1 || true
+# keepalived: its sample configurations feed the keepalived.conf tests; its daemon never runs here
+# (lvsuser runs the checks; the QEMU oracle runs its own keepalived).
+systemctl disable --now keepalived >/dev/null 2>&1 || true
+pkill -x keepalived >/dev/null 2>&1 || true
 # Debian's prometheus and prometheus-node-exporter start daemons in the root namespace; the
 # metrics tests run their own inside namespaces.  Stop only the root namespace's copies.
 for unit in prometheus prometheus-node-exporter; do

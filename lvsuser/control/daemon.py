@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-conns", type=_positive_int, default=None, metavar="N",
                         help="userspace backend's connection-table size (default 4194304; "
                              "memory grows as it fills, about 50 bytes a connection)")
+    parser.add_argument("--keepalived-conf", default=None, metavar="FILE",
+                        help="run the virtual_server blocks of a keepalived.conf with their "
+                             "health checks (its services are owned by it; SIGHUP reloads it)")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     from lvsuser.ops import runner as ops_runner
     ops_runner.add_arguments(parser)  # --metrics, --procfs
@@ -132,9 +135,15 @@ def load_schedulers(paths: list[str]) -> list[str]:
     return names
 
 
-def replace_table(backend: Backend, operations: list[rules.RuleOperation]) -> None:
-    """Make the table exactly the rules file's, atomically (flush + rules in one batch)."""
+def replace_table(backend: Backend, operations: list[rules.RuleOperation],
+                  keep: frozenset = frozenset()) -> None:
+    """Make the table exactly the rules file's, atomically (flush + rules in one batch).
+    ``keep``: keys of services another owner manages (--keepalived-conf): left as they are,
+    their connections untouched."""
     reset: list[rules.RuleOperation] = [rules.RuleOperation(0, "flush", {})]
+    if keep:
+        reset = [rules.RuleOperation(0, "del_service", {"key": svc.key})
+                 for svc in backend.get_services() if svc.key not in keep]
     for rule in backend.get_mark_rules():
         reset.append(rules.RuleOperation(0, "del_mark_rule", {"rule": rule}))
     rules.apply_operations(backend, reset + list(operations))
@@ -171,6 +180,7 @@ class Director:
         self._reload_requested = False
         self.ready = threading.Event()
         self.reloads = 0  # successful reloads, for observers
+        self.keepalived = None  # a KeepalivedRunner (--keepalived-conf): reloaded on SIGHUP too
 
     def load_rules(self) -> None:
         """Initial load; raises RulesError/OSError, leaving the table empty as it was."""
@@ -180,6 +190,14 @@ class Director:
             log.info("loaded %d rules from %s", len(operations), self.rules_path)
 
     def reload(self) -> bool:
+        if self.keepalived is None:
+            return self._reload_rules()
+        # the rules file replaces everything but the keepalived.conf's services; then what
+        # changed in the keepalived.conf applies
+        done = self._reload_rules() if self.rules_path else True
+        return self.keepalived.reload() and done
+
+    def _reload_rules(self) -> bool:
         if not self.rules_path:
             log.info("SIGHUP: no --rules file to reload")
             return False
@@ -187,7 +205,8 @@ class Director:
         marks_before = self.backend.get_mark_rules()
         try:
             operations = rules.load_rules_file(self.rules_path)
-            replace_table(self.backend, operations)
+            keep = self.keepalived.owned() if self.keepalived is not None else frozenset()
+            replace_table(self.backend, operations, keep)
         except rules.RulesError as exc:
             log.error("reload of %s refused, running table kept: line %d: %s",
                       self.rules_path, exc.line, exc.message)
@@ -350,11 +369,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     if initial:
         log.info("starting with %d rules from %s", len(initial), source)
     director = Director(backend, control, args.rules, state)
+    if args.keepalived_conf:  # its services join the table before the socket says "ready"
+        from lvsuser.keepalived.runner import KeepalivedConfError, KeepalivedRunner
+        director.keepalived = KeepalivedRunner(args.keepalived_conf, backend)
+        try:
+            director.keepalived.start()
+        except KeepalivedConfError as exc:
+            print(f"lvsuser: {args.keepalived_conf} cannot be run:\n{exc}", file=sys.stderr)
+            director.keepalived.close()
+            backend.close(keep_state=state is not None and not backend.is_empty())
+            return 1
     from lvsuser.ops import runner as ops_runner
     try:  # after Director: the metrics count the changes it saves
         extras = ops_runner.start(backend, metrics=args.metrics, procfs=args.procfs)
     except ops_runner.OpsError as exc:
         print(f"lvsuser: {exc}", file=sys.stderr)
+        if director.keepalived is not None:
+            director.keepalived.close()
         backend.close(keep_state=state is not None and not backend.is_empty())
         return 1
     stopped = False
@@ -375,6 +406,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             restore_handlers()
     finally:
         extras.stop()
+        if director.keepalived is not None:
+            director.keepalived.close()  # checks stop; the rules stay with the table
         if stopped:
             director.close()
         else:  # not a clean stop: what was saved stays

@@ -78,8 +78,9 @@ while time.monotonic() < end and not (last is not None and time.monotonic() - la
 print(json.dumps({"count": count, "max_gap_ms": gap * 1000.0}), flush=True)
 """
 
-# Sends PPS datagrams/s for at most SECONDS, paced against the clock, until SIGTERM; prints how
-# many it sent.
+# Sends PPS datagrams/s for at most SECONDS until SIGTERM, paced in 1 ms ticks (what is due is
+# sent, then it sleeps to the next tick: a busy-wait would take a whole core from the director);
+# prints how many it sent.
 SENDER = r"""
 import signal, socket, sys, time
 addr, port, pps, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
@@ -88,22 +89,18 @@ signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.connect((addr, port))
 start = time.monotonic()
+total = int(pps * seconds)
 sent = 0
-for i in range(int(pps * seconds)):
-    if stop:
-        break
-    due = start + i / pps
-    while True:
-        left = due - time.monotonic()
-        if left <= 0:
-            break
-        if left > 0.0005:
-            time.sleep(left - 0.0003)
-    try:
-        s.send(i.to_bytes(8, "big"))
+while sent < total and not stop:
+    now = time.monotonic()
+    due = min(total, int((now - start) * pps) + 1)
+    while sent < due:
+        try:
+            s.send(sent.to_bytes(8, "big"))
+        except OSError:
+            pass
         sent += 1
-    except OSError:
-        pass
+    time.sleep(0.001)
 print(sent, flush=True)
 """
 

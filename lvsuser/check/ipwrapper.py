@@ -37,6 +37,7 @@ from lvsuser.backends.base import Backend
 from lvsuser.check.config import RealServerConfig, VirtualServerConfig, resolve
 from lvsuser.check.realserver import CheckerState, RealServerState
 from lvsuser.model import IPVSError, Service
+from lvsuser.ops import health
 
 log = logging.getLogger("lvsuser.check")
 
@@ -219,6 +220,7 @@ class Pool:
         with self.lock:
             self.shutdown_notifies()
             for service in self.config.services:
+                health.forget_real_server(service.key)
                 try:
                     self.backend.del_service(service.key)
                     log.info("rule: delete service VS %s", self.config.name)
@@ -249,6 +251,9 @@ class Pool:
             checker.checks += 1
             checker.failures += 0 if ok else 1
             checker.last_duration = duration
+            for service in self.config.services:   # what --metrics exports per real server
+                health.observe_health_check(service.key, rs.config.addr, rs.config.port, ok=ok,
+                                            duration=duration, checker=checker.config.kind)
             # a dynamic weight first (check_misc.c): a server coming up comes with it
             if ok and weight is not None:
                 if rs.alive:
@@ -296,6 +301,9 @@ class Pool:
         if self.quorum_up or self.config.sorry_server is None or not self.sorry_alive:
             self._dest_cmd(alive, rs)
         rs.alive = alive
+        for service in self.config.services:
+            health.set_real_server_health(service.key, rs.config.addr, rs.config.port, up=alive,
+                                          checker="+".join(c.config.kind for c in rs.checkers))
         self._notify_rs(rs, alive)
         self._update_quorum(init=False)
 

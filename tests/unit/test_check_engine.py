@@ -336,3 +336,26 @@ def test_reapply_after_a_flush_restores_the_pool_as_its_health_says():
     backend.flush()
     pool.reapply()
     assert table_dests(backend) == before
+
+
+def test_results_and_transitions_reach_the_metrics_registry():
+    """What --metrics exports per real server (lvsuser/ops/health.py) follows the checks."""
+    from lvsuser.ops import health
+
+    health.REGISTRY.clear()
+    backend = TableBackend()
+    pool = Pool(vs_config([rs(1), rs(2)]), backend, Recorder())
+    pool.start()
+    pool.checker_result((rip(1), 80), 0, False, reason="refused", duration=0.25)
+    pool.checker_result((rip(2), 80), 0, True, duration=0.01)
+    seen = health.REGISTRY.snapshot()
+    down = seen[(service().key, rip(1), 80)]
+    assert (down.up, down.checks_failed, down.checks_ok, down.last_duration) == \
+        (False, 1, 0, 0.25)
+    assert down.checker == "TCP_CHECK"
+    up = seen[(service().key, rip(2), 80)]
+    assert (up.checks_ok, up.checks_failed) == (1, 0)
+    pool.checker_result((rip(1), 80), 0, True)
+    assert health.REGISTRY.snapshot()[(service().key, rip(1), 80)].up is True
+    pool.remove()
+    assert not [k for k in health.REGISTRY.snapshot() if k[0] == service().key]

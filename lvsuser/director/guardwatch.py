@@ -27,8 +27,9 @@ import logging
 import select
 import socket
 import struct
-import threading
 import time
+
+from lvsuser.director.monitor import WatchThread
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def open_nftables_events() -> socket.socket:
     return sock
 
 
-class GuardWatch:
+class GuardWatch(WatchThread):
     """A daemon thread calling ``guard.restore()`` after nftables changes and every ``backstop`` s."""
 
     def __init__(self, guard, debounce: float = 0.05, backstop: float = 5.0):
@@ -96,23 +97,7 @@ class GuardWatch:
             log.warning("cannot follow nftables changes (%s); checking the guard every %.0f s only",
                         exc, backstop)
             self.sock = None
-        self._stop_r, self._stop_w = socket.socketpair()
-        self._thread = threading.Thread(target=self._loop, name="lvsuser-guardwatch", daemon=True)
-
-    def start(self) -> "GuardWatch":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        try:
-            self._stop_w.send(b"x")
-        except OSError:
-            pass
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(5)
-        for sock in (self.sock, self._stop_r, self._stop_w):
-            if sock is not None:
-                sock.close()
+        self._init_thread("lvsuser-guardwatch")
 
     def _drain(self) -> bool:
         """Read every waiting message; whether any may concern the guard's table."""

@@ -31,22 +31,18 @@ GROUPS = (RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
           | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE)
 
 
-class Monitor:
-    """A daemon thread that calls ``on_change()`` after kernel network changes (and periodically)."""
+class WatchThread:
+    """A daemon thread around one netlink socket (``self.sock``, may be None), stopped through a
+    socketpair its loop also polls; the subclass opens the socket and writes ``_loop``."""
 
-    def __init__(self, on_change, debounce: float = 0.05, refresh: float = 1.0):
-        self.on_change = on_change
-        self.debounce = debounce
-        self.refresh = refresh
-        # Opened by the caller's thread, so it watches the caller's namespace.
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                  NETLINK_ROUTE)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        self.sock.bind((0, GROUPS))
+    def _init_thread(self, name: str) -> None:
         self._stop_r, self._stop_w = socket.socketpair()
-        self._thread = threading.Thread(target=self._loop, name="lvsuser-netlink", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
-    def start(self) -> "Monitor":
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+    def start(self):
         self._thread.start()
         return self
 
@@ -58,7 +54,23 @@ class Monitor:
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(5)
         for sock in (self.sock, self._stop_r, self._stop_w):
-            sock.close()
+            if sock is not None:
+                sock.close()
+
+
+class Monitor(WatchThread):
+    """A daemon thread that calls ``on_change()`` after kernel network changes (and periodically)."""
+
+    def __init__(self, on_change, debounce: float = 0.05, refresh: float = 1.0):
+        self.on_change = on_change
+        self.debounce = debounce
+        self.refresh = refresh
+        # Opened by the caller's thread, so it watches the caller's namespace.
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                  NETLINK_ROUTE)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self.sock.bind((0, GROUPS))
+        self._init_thread("lvsuser-netlink")
 
     def _drain(self) -> None:
         while True:

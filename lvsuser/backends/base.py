@@ -21,7 +21,8 @@ from typing import Iterator, Optional
 from lvsuser.model import Dest, IPVSError, MarkRule, Service, ServiceKey, SyncDaemon, Timeouts
 
 
-# Rows in a page of the connection listing, by default.
+# Rows in a page of the connection listing, by default (the control socket's pages are
+# smaller: protocol.PAGE_ROWS).
 CONNECTIONS_PAGE = 4096
 
 

@@ -31,6 +31,7 @@ import inspect
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 from typing import Optional
@@ -86,6 +87,7 @@ def afpacket_busy_poll_us() -> int:
 # so a roomy bound costs nothing until used; 4M holds ~10 s of a 400k/s new-flow flood at the
 # 300 s UDP timeout, where 1M was full within 3 s and refused every new connection after that.
 DEFAULT_MAX_CONNS = 1 << 22
+DATAPATH_SWITCH_INTERVAL = 0.0005  # seconds (sys.setswitchinterval), see UserspaceBackend
 
 
 def _load_core(max_conns: int = DEFAULT_MAX_CONNS, state_path: Optional[str] = None):
@@ -175,6 +177,11 @@ class UserspaceBackend(TableBackend):
         # core from Python (publish, stats, and for the pure-Python core each batch): the C core
         # swaps its tables itself, the reference core does not.
         self._core_lock = threading.Lock()
+        # The driver thread takes the GIL between batches (expiry, statistics); a control thread
+        # busy with Python (a listing, a reload) hands it over only every switch interval, 5 ms
+        # by default, which the datapath would feel as a gap: ask for a quicker hand-over.
+        if sys.getswitchinterval() > DATAPATH_SWITCH_INTERVAL:
+            sys.setswitchinterval(DATAPATH_SWITCH_INTERVAL)
         self._closed = False
         self._published_key = None
         self._kernel_view = None  # local addresses at the last refresh (None: none yet)

@@ -48,8 +48,11 @@ import json
 
 MAX_LINE = 16 * 1024 * 1024
 # Connection listing pages: rows a page holds at most, and a bound on one encoded row (IPv6
-# addresses included), which together keep a page's reply well under MAX_LINE.
-PAGE_ROWS = 4096
+# addresses included), which together keep a page's reply well under MAX_LINE.  A page is
+# small because json.dumps encodes it in one C call that holds the GIL throughout (~20 us a
+# row): 4096 rows held it ~80 ms, long enough to stall the datapath thread's Python ticks
+# (expiry, stats); 256 hold it a few ms.
+PAGE_ROWS = 256
 MAX_ROW_BYTES = 512
 DEFAULT_SOCKET = "/run/lvsuser/control.sock"
 ENV_SOCKET = "LVSUSER_CONTROL"

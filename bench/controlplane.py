@@ -165,6 +165,8 @@ class Director:
 
 def configure(director: Director, topo: BenchTopology) -> None:
     rs1, rs2 = topo.real_servers
+    # UDP connections live an hour: a table filled for minutes must not expire under a listing
+    director.ipvsadm("--set", "0", "0", "3600")
     director.ipvsadm("-A", "-u", f"{VIP}:{UDP_PORT}", "-s", "rr")
     for rs in (rs1, rs2):
         director.ipvsadm("-a", "-u", f"{VIP}:{UDP_PORT}", "-r", f"{rs.addr}:{UDP_PORT}", "-m")

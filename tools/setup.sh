@@ -29,7 +29,7 @@ for unit in prometheus prometheus-node-exporter; do
     systemctl disable --now "$unit" >/dev/null 2>&1 || true
     if [ -x "/etc/init.d/$unit" ]; then "/etc/init.d/$unit" stop >/dev/null 2>&1 || true; fi
 done
-root_ns=$(readlink /proc/1/ns/net)
+root_ns=$(readlink "/proc/$$/ns/net")   # this script runs in the root namespace
 for proc in /proc/[0-9]*; do
     case "$(readlink "$proc/exe" 2>/dev/null)" in
         /usr/bin/prometheus|/usr/bin/prometheus-node-exporter)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 
 from lvsuser.control.client import RemoteBackend
+
+from .listeners import listen
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -23,24 +23,6 @@ def wait_for(predicate, timeout=10.0):
             return True
         time.sleep(0.05)
     return predicate()
-
-
-def listen(port=0):
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(64)
-
-    def accept():
-        while True:
-            try:
-                conn, _ = sock.accept()
-            except OSError:
-                return
-            conn.close()
-
-    threading.Thread(target=accept, daemon=True).start()
-    return sock
 
 
 def conf(servers: dict, extra_vs: str = "", notify: str = "") -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ipaddress
 import random
-import socket
 import threading
 import time
 
@@ -15,6 +14,8 @@ from lvsuser.check.config import CheckerConfig, RealServerConfig, VirtualServerC
 from lvsuser.check.ipwrapper import Pool
 from lvsuser.check.manager import HealthChecks
 from lvsuser.check.scheduler import CheckLoop
+
+from .listeners import listen
 
 LOOP = ipaddress.ip_address("127.0.0.1")
 VIP = ipaddress.ip_address("198.18.0.1")
@@ -42,25 +43,6 @@ def ports_in_table(backend):
     svc = backend.get_service(model.ServiceKey(af=model.AF_INET, protocol=model.IPPROTO_TCP,
                                                addr=VIP, port=80))
     return set() if svc is None else {d.port for d in svc.dests}
-
-
-def listen(port=0):
-    """A listener that accepts and closes, so its backlog never fills."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(1024)
-
-    def accept():
-        while True:
-            try:
-                conn, _ = sock.accept()
-            except OSError:
-                return
-            conn.close()
-
-    threading.Thread(target=accept, daemon=True).start()
-    return sock
 
 
 def dests_in_table(backend):
